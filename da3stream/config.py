@@ -1,0 +1,360 @@
+"""Configuration: a frozen dataclass tree, loaded from YAML or nested dicts.
+
+Every field has a one-line docstring (the string literal under it). Unknown keys
+are rejected with a suggestion. The resolved config is written into the store.
+Other tools set ``chunk_size``, ``overlap``, ``gpu_mem_gb``, ``loop.enabled`` and
+``keyframes.enabled``; keep those names.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+from da3stream.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    """How frames are read."""
+
+    fps: Optional[float] = None
+    """Target frame rate after subsampling by timestamp; None keeps every frame."""
+    stride: int = 1
+    """Keep every ``stride``-th decoded frame (applied before ``fps``)."""
+    max_frames: Optional[int] = None
+    """Stop after this many frames have been read; None reads to the end."""
+    prefetch: int = 64
+    """Frames decoded ahead of the pipeline by the prefetch thread."""
+    max_side: Optional[int] = None
+    """Downscale frames whose longer side exceeds this many pixels on read; None keeps them."""
+
+
+@dataclass(frozen=True)
+class KeyframeConfig:
+    """The cheap motion test that drops near-duplicate frames."""
+
+    enabled: bool = True
+    """Drop frames that barely differ from the last kept frame."""
+    thumb_size: int = 32
+    """Side of the grayscale thumbnail the motion test compares, in pixels."""
+    min_change: float = 0.015
+    """Keep a frame when the mean absolute thumbnail difference (0..1) exceeds this."""
+    max_skip: int = 30
+    """Keep a frame at the latest after this many dropped frames in a row."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The network (ignored when a predictor object is passed in)."""
+
+    id: Optional[str] = None
+    """Checkpoint directory or hub id (e.g. depth-anything/DA3-LARGE); None runs the simulator demo only."""
+    process_res: int = 504
+    """Longest side, in pixels, the network sees."""
+    process_res_method: str = "upper_bound_resize"
+    """Resize policy of the official preprocessing."""
+    device: str = "auto"
+    """torch device: auto, cpu, cuda, cuda:N."""
+    dtype: str = "auto"
+    """Weight/compute dtype: auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16."""
+
+
+@dataclass(frozen=True)
+class AlignConfig:
+    """Registration of consecutive windows on their shared frames."""
+
+    mode: str = "sim3"
+    """Transform family: sim3, se3 (metric models) or scale (scale + SE(3) init from poses)."""
+    max_points: int = 4000
+    """Correspondences kept after confidence filtering and spatially-spread subsampling."""
+    conf_quantile: float = 0.3
+    """Drop the lowest-confidence fraction of overlap pixels before sampling."""
+    irls_iters: int = 10
+    """IRLS iterations of the robust estimator."""
+    kernel: str = "huber"
+    """Robust kernel on depth-relative residuals: huber, cauchy or tukey."""
+    kernel_scale: float = 0.05
+    """Kernel width as a fraction of point depth."""
+    inlier_threshold: float = 0.1
+    """A correspondence is an inlier when its depth-relative residual is below this."""
+    min_inlier_ratio: float = 0.5
+    """Gate: alignments with fewer inliers fall back and are flagged."""
+    max_residual: float = 0.08
+    """Gate: median depth-relative residual above this falls back and is flagged."""
+    scale_range: tuple = (0.2, 5.0)
+    """Gate: the relative scale between windows must lie in this range."""
+    max_pose_disagreement: float = 0.2
+    """Gate: relative disagreement with the camera-pose-based transform above this is flagged."""
+    min_points: int = 50
+    """Fewer valid correspondences than this gates the alignment."""
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    """Loop detection and closure."""
+
+    enabled: bool = True
+    """Detect, verify and close loops online."""
+    top_k: int = 5
+    """Candidates retrieved per query frame before verification."""
+    min_similarity: float = 0.8
+    """Minimum descriptor cosine similarity for a candidate."""
+    exclude_seconds: float = 20.0
+    """Frames closer in time than this are never loop candidates."""
+    exclude_distance: float = 0.0
+    """Frames closer in travelled distance than this (chunk-frame units) are never candidates; 0 disables."""
+    nms_frames: int = 10
+    """Non-maximum suppression radius, in source frames, on candidate pairs."""
+    window_half: int = 3
+    """Frames taken around each side of a candidate for the verification window."""
+    min_inlier_ratio: float = 0.6
+    """Verification gate on the inlier ratio of both halves."""
+    max_residual: float = 0.05
+    """Verification gate on the median depth-relative residual."""
+    max_rotation_deg: float = 30.0
+    """Consistency gate: a loop may not disagree with the current trajectory more than this."""
+    huber_delta: float = 1.0
+    """Robust kernel width (in whitened residual units) of the pose graph."""
+    max_queries_per_chunk: int = 4
+    """Query frames per new window sent to place recognition."""
+
+
+@dataclass(frozen=True)
+class FusionConfig:
+    """The fused point map."""
+
+    conf_quantile: float = 0.5
+    """Keep points above this confidence quantile of each window."""
+    voxel_size: float = 0.0
+    """Voxel edge in chunk-frame units; 0 picks 1/200 of the window's median depth."""
+    pixel_stride: int = 4
+    """Unproject every ``pixel_stride``-th pixel in each direction."""
+    max_points_per_chunk: int = 200000
+    """Cap on fused points written per window."""
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    """What the Zarr store keeps."""
+
+    save_rgb: bool = True
+    """Store RGB at depth resolution (previews, loop verification, viewer)."""
+    save_conf: bool = True
+    """Store per-pixel confidence beside depth."""
+    compression_level: int = 3
+    """Blosc zstd level."""
+
+
+@dataclass(frozen=True)
+class Config:
+    """Root of the configuration tree."""
+
+    chunk_size: Optional[int] = None
+    """Frames per window; None derives it from ``gpu_mem_gb`` through the memory model."""
+    overlap: int = 8
+    """Frames shared by consecutive windows."""
+    gpu_mem_gb: float = 12.0
+    """GPU memory budget for the network, in GiB."""
+    min_chunk_size: int = 16
+    """Lower bound on the derived chunk size."""
+    max_chunk_size: int = 120
+    """Upper bound on the derived chunk size."""
+    seed: int = 0
+    """Seed for every random choice the engine makes."""
+    source: SourceConfig = field(default_factory=SourceConfig)
+    """How frames are read."""
+    keyframes: KeyframeConfig = field(default_factory=KeyframeConfig)
+    """Near-duplicate frame filter."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """The network."""
+    align: AlignConfig = field(default_factory=AlignConfig)
+    """Window-to-window registration."""
+    loop: LoopConfig = field(default_factory=LoopConfig)
+    """Loop closure."""
+    fusion: FusionConfig = field(default_factory=FusionConfig)
+    """Fused point map."""
+    store: StoreConfig = field(default_factory=StoreConfig)
+    """Store contents."""
+
+    def __post_init__(self) -> None:
+        if self.chunk_size is not None and self.chunk_size < 1:
+            raise ConfigError(f"chunk_size must be >= 1, got {self.chunk_size}")
+        if self.overlap < 0:
+            raise ConfigError(f"overlap must be >= 0, got {self.overlap}")
+        if self.chunk_size is not None and self.chunk_size > 1 and self.overlap >= self.chunk_size:
+            raise ConfigError(f"overlap ({self.overlap}) must be smaller than chunk_size ({self.chunk_size})")
+        if self.gpu_mem_gb <= 0:
+            raise ConfigError(f"gpu_mem_gb must be > 0, got {self.gpu_mem_gb}")
+        if self.source.stride < 1:
+            raise ConfigError(f"source.stride must be >= 1, got {self.source.stride}")
+        if self.source.fps is not None and self.source.fps <= 0:
+            raise ConfigError(f"source.fps must be > 0, got {self.source.fps}")
+        if self.align.mode not in ("sim3", "se3", "scale"):
+            raise ConfigError(f"align.mode must be sim3, se3 or scale, got {self.align.mode!r}")
+        if self.align.kernel not in ("huber", "cauchy", "tukey"):
+            raise ConfigError(f"align.kernel must be huber, cauchy or tukey, got {self.align.kernel!r}")
+
+
+def to_dict(cfg: Any) -> dict:
+    """Plain nested dict (JSON-safe) of a config dataclass."""
+    out = {}
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(v):
+            v = to_dict(v)
+        elif isinstance(v, tuple):
+            v = list(v)
+        out[f.name] = v
+    return out
+
+
+def _build(cls: type, data: Mapping[str, Any], path: str) -> Any:
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{path or 'config'}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        full = f"{path}.{key}" if path else str(key)
+        if key not in names:
+            close = difflib.get_close_matches(str(key), sorted(names), n=1, cutoff=0.5)
+            hint = f"; did you mean {(path + '.' if path else '') + close[0]!r}?" if close else ""
+            raise ConfigError(f"unknown config key {full!r}{hint}")
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            kwargs[key] = _build(hint, value, full)
+        else:
+            kwargs[key] = _coerce(hint, value, full)
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{path or 'config'}: {exc}") from None
+
+
+def _coerce(hint: Any, value: Any, path: str) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin is typing.Union:
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(inner[0], value, path)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{path}: expected true/false, got {value!r}")
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+            raise ConfigError(f"{path}: expected an integer, got {value!r}")
+        return int(value)
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{path}: expected a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{path}: expected a string, got {value!r}")
+        return value
+    if hint is tuple or origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{path}: expected a list, got {value!r}")
+        return tuple(value)
+    return value
+
+
+def _merge(base: dict, over: Mapping) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def _read_yaml(path: Path) -> dict:
+    import yaml
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config ({exc.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}: invalid YAML{where}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return data
+
+
+def load_config(config: Any = None, overrides: Optional[Mapping[str, Any]] = None) -> Config:
+    """Resolve a config from None, a YAML path, a nested dict or a :class:`Config`.
+
+    ``overrides`` (nested dict, or dotted keys such as ``{"loop.enabled": False}``)
+    are applied on top.
+    """
+    if isinstance(config, Config):
+        base = to_dict(config)
+    elif config is None:
+        base = {}
+    elif isinstance(config, (str, Path)):
+        p = Path(config)
+        base = _read_yaml(p)
+        try:
+            _build(Config, base, "")
+        except ConfigError as exc:
+            raise ConfigError(f"{p}: {exc}") from None
+    elif isinstance(config, Mapping):
+        base = dict(config)
+    else:
+        raise ConfigError(f"config must be a path, a mapping or a Config, got {type(config).__name__}")
+    if overrides:
+        base = _merge(base, _undot(overrides))
+    return _build(Config, _undot(base), "")
+
+
+def _undot(d: Mapping[str, Any]) -> dict:
+    out: dict = {}
+    for k, v in d.items():
+        if isinstance(v, Mapping):
+            v = _undot(v)
+        parts = str(k).split(".")
+        cur = out
+        for p in parts[:-1]:
+            cur = cur.setdefault(p, {})
+            if not isinstance(cur, dict):
+                raise ConfigError(f"config key {k!r} conflicts with a scalar value")
+        if isinstance(v, dict) and isinstance(cur.get(parts[-1]), dict):
+            cur[parts[-1]] = _merge(cur[parts[-1]], v)
+        else:
+            cur[parts[-1]] = v
+    return out
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """Map field name -> its docstring (the string literal under it in the source)."""
+    import ast
+    import inspect
+    import textwrap
+
+    src = textwrap.dedent(inspect.getsource(cls))
+    body = ast.parse(src).body[0].body
+    docs = {}
+    for a, b in zip(body, body[1:]):
+        if isinstance(a, ast.AnnAssign) and isinstance(b, ast.Expr) and isinstance(getattr(b, "value", None), ast.Constant):
+            docs[a.target.id] = str(b.value.value)
+    return docs
