@@ -46,6 +46,8 @@ class KeyframeConfig:
     """Keep a frame when the mean absolute thumbnail difference (0..1) exceeds this."""
     max_skip: int = 30
     """Keep a frame at the latest after this many dropped frames in a row."""
+    cut_threshold: float = 0.35
+    """A thumbnail change above this (0..1) is a hard scene cut: the next window starts a new segment."""
 
 
 @dataclass(frozen=True)
@@ -69,7 +71,7 @@ class AlignConfig:
     """Registration of consecutive windows on their shared frames."""
 
     mode: str = "sim3"
-    """Transform family: sim3, se3 (metric models) or scale (scale + SE(3) init from poses)."""
+    """Estimator: sim3 (robust, depth-ray points), se3 (metric models), scale (scale + SE(3) init from poses), or poses (naive chaining through the overlap camera poses alone; a baseline)."""
     max_points: int = 4000
     """Correspondences kept after confidence filtering and spatially-spread subsampling."""
     conf_quantile: float = 0.3
@@ -86,8 +88,8 @@ class AlignConfig:
     """Gate: alignments with fewer inliers fall back and are flagged."""
     max_residual: float = 0.08
     """Gate: median depth-relative residual above this falls back and is flagged."""
-    scale_range: tuple = (0.2, 5.0)
-    """Gate: the relative scale between windows must lie in this range."""
+    scale_range: tuple = (0.02, 50.0)
+    """Gate: the relative scale between windows must lie in this range (a sanity bound: windows have arbitrary scale)."""
     max_pose_disagreement: float = 0.2
     """Gate: relative disagreement with the camera-pose-based transform above this is flagged."""
     min_points: int = 50
@@ -114,14 +116,42 @@ class LoopConfig:
     """Frames taken around each side of a candidate for the verification window."""
     min_inlier_ratio: float = 0.6
     """Verification gate on the inlier ratio of both halves."""
-    max_residual: float = 0.05
-    """Verification gate on the median depth-relative residual."""
+    max_residual: float = 0.08
+    """Verification gate on the median depth-relative residual of both halves (as ``align.max_residual``)."""
     max_rotation_deg: float = 30.0
     """Consistency gate: a loop may not disagree with the current trajectory more than this."""
     huber_delta: float = 1.0
     """Robust kernel width (in whitened residual units) of the pose graph."""
     max_queries_per_chunk: int = 4
     """Query frames per new window sent to place recognition."""
+    max_translation_abs: float = 0.5
+    """Consistency gate: translation disagreement always allowed, as a fraction of the query frame's median depth."""
+    max_translation_rel: float = 0.15
+    """Consistency gate: translation disagreement allowed per unit of distance travelled between the two frames."""
+    max_scale_ratio: float = 2.0
+    """Consistency gate: the loop's scale may differ from the trajectory's by at most this factor."""
+    max_verifications: int = 2
+    """Candidates verified (one predictor call each) per window; the rest are recorded as not verified."""
+    consensus_min: int = 2
+    """Loops that fail only the trajectory gate are accepted when this many agree within the window; 0 disables."""
+    consensus_translation_rel: float = 0.5
+    """Relaxed translation gate (per unit travelled distance) for loops accepted by consensus."""
+    index_backend: str = "auto"
+    """Descriptor search: exact (brute force), ivf (inverted file, sub-linear) or auto (exact, then IVF)."""
+    index_device: str = "cpu"
+    """torch device of the exact descriptor search: cpu, cuda or auto."""
+    ivf_min_size: int = 20000
+    """Index size at which the IVF lists are trained (and, with auto, used)."""
+    graph_kernel: str = "huber"
+    """Robust kernel of the pose graph: huber or cauchy (width ``huber_delta``)."""
+    sigma_floor: float = 0.005
+    """Smallest per-edge noise (depth-relative) when deriving edge information from a quality record."""
+    gated_weight: float = 0.03
+    """Information multiplier of sequential edges whose alignment was gated or fell back (camera-pose estimates)."""
+    loop_weight: float = 0.1
+    """Information multiplier of loop edges (two registrations plus a wide-baseline loop window) vs sequential ones."""
+    min_graph_weight: float = 0.1
+    """A new loop whose final robust weight in the pose graph falls below this is rejected as an outlier."""
 
 
 @dataclass(frozen=True)
@@ -131,7 +161,9 @@ class FusionConfig:
     conf_quantile: float = 0.5
     """Keep points above this confidence quantile of each window."""
     voxel_size: float = 0.0
-    """Voxel edge in chunk-frame units; 0 picks 1/200 of the window's median depth."""
+    """Voxel edge in chunk-frame units; 0 derives it from ``voxel_fraction_of_depth``."""
+    voxel_fraction_of_depth: float = 0.005
+    """Voxel edge as a fraction of the window's median depth, used when ``voxel_size`` is 0."""
     pixel_stride: int = 4
     """Unproject every ``pixel_stride``-th pixel in each direction."""
     max_points_per_chunk: int = 200000
@@ -194,8 +226,8 @@ class Config:
             raise ConfigError(f"source.stride must be >= 1, got {self.source.stride}")
         if self.source.fps is not None and self.source.fps <= 0:
             raise ConfigError(f"source.fps must be > 0, got {self.source.fps}")
-        if self.align.mode not in ("sim3", "se3", "scale"):
-            raise ConfigError(f"align.mode must be sim3, se3 or scale, got {self.align.mode!r}")
+        if self.align.mode not in ("sim3", "se3", "scale", "poses"):
+            raise ConfigError(f"align.mode must be sim3, se3, scale or poses, got {self.align.mode!r}")
         if self.align.kernel not in ("huber", "cauchy", "tukey"):
             raise ConfigError(f"align.kernel must be huber, cauchy or tukey, got {self.align.kernel!r}")
 

@@ -32,6 +32,19 @@ Policies (one place for all of them):
   so the longer side is at most ``max_side``. A reference size (before or after
   ``max_side``) with a side under ``min_side`` pixels is a :class:`SourceError`.
 - **Single image files** are accepted as a one-frame source (kind ``image``).
+- **ROS bags**: a ROS 1 ``.bag`` file, a ROS 2 bag folder (``metadata.yaml``
+  with sqlite3 or mcap storage), a ``.mcap`` or ``.db3`` file is read with
+  ``rosbags`` (see :mod:`da3stream.io.rosbag`): one ``sensor_msgs`` Image or
+  CompressedImage topic (``topic=``; required when the bag has several); the
+  index is the message position on that topic; the timestamp is the header stamp
+  minus the first message's header stamp (:attr:`FrameSource.time_origin` is
+  that first stamp, absolute seconds).
+- **Calibration**: with ``calibration=`` every frame is undistorted at its
+  source size, in the prefetch thread, before any ``max_side`` resize
+  (:class:`da3stream.io.calibration.Undistorter`; intrinsics given for another
+  size with the same aspect ratio are scaled). :attr:`FrameSource.intrinsics` is
+  then the (3, 3) intrinsics of the frames as delivered, and :meth:`describe`
+  records the calibration and ``undistorted: true``.
 - **Decoding and reading run in a prefetch thread** that keeps up to
   ``prefetch`` frames ready (``prefetch=0`` reads in the caller's thread). An
   exception in the thread is re-raised in the consumer as a one-line
@@ -57,10 +70,14 @@ import numpy as np
 
 from da3stream.errors import ConfigError, Da3StreamError, ShapeError, SourceError, check_shape
 from da3stream.io import images as _images
+from da3stream.io import rosbag as _rosbag
 from da3stream.io import video as _video
+from da3stream.io.calibration import Calibration, Undistorter, calibration_from_arg
 
 log = logging.getLogger(__name__)
 
+CAMERA_INFO = "camera_info"
+"""``calibration=`` value that takes a bag's intrinsics from its ``sensor_msgs/CameraInfo`` topic."""
 _BIN_EPS = 1e-6
 """Tolerance, in time bins, for timestamps that land on a bin edge up to float rounding."""
 _POLL_SECONDS = 0.05
@@ -146,6 +163,8 @@ class FrameSource:
         start_index: int,
         min_side: int,
         aspect_tolerance: float,
+        calibration: Optional[Calibration] = None,
+        undistort_alpha: Optional[float] = 0.0,
     ) -> None:
         self.name = name
         self.fps = fps
@@ -165,6 +184,12 @@ class FrameSource:
             raise SourceError(
                 f"{reference_name or name}: frame size {self.source_size[0]}x{self.source_size[1]}{after} is below the {min_side}-pixel minimum side"
             )
+        self.calibration = calibration
+        self.undistort_alpha = undistort_alpha
+        self._undistorter: Optional[Undistorter] = None
+        if calibration is not None:
+            w, h = self.source_size
+            self._undistorter = Undistorter(calibration, (h, w), alpha=undistort_alpha, aspect_tolerance=aspect_tolerance)
         self._closers: list[Callable[[], None]] = []
 
     # -- subclasses -------------------------------------------------------------------------
@@ -204,6 +229,18 @@ class FrameSource:
                 gen.close()
                 self._closers.remove(gen.close)
 
+    @property
+    def intrinsics(self) -> Optional[np.ndarray]:
+        """(3, 3) float64 intrinsics of the delivered frames (undistorted, at ``size``), or None without calibration."""
+        if self._undistorter is None:
+            return None
+        return self._undistorter.output_intrinsics((self.size[1], self.size[0]))
+
+    @property
+    def time_origin(self) -> float:
+        """Absolute time, in seconds, of timestamp 0 (a bag's first header stamp; 0.0 for other sources)."""
+        return 0.0
+
     def close(self) -> None:
         """Stop any pass in progress (its prefetch thread included)."""
         for closer in list(self._closers):
@@ -231,7 +268,12 @@ class FrameSource:
             "max_frames": self.max_frames,
             "max_side": self.max_side,
             "start_index": self.start_index,
+            "undistorted": self._undistorter is not None,
         }
+        if self._undistorter is not None:
+            out["calibration"] = self.calibration.describe()
+            out["undistort_alpha"] = self.undistort_alpha
+            out["intrinsics"] = self.intrinsics.tolist()
         out.update(self._extra_description())
         return out
 
@@ -272,6 +314,8 @@ class FrameSource:
                 skipped.append((rec.index, reason))
                 log.warning("%s: skipped frame %d: %s", self.name, rec.index, reason)
                 return None
+        if self._undistorter is not None:
+            image = self._undistorter.undistort(_images.resize_to(image, *self.source_size))
         image = _images.resize_to(image, *self.size)
         return Frame(int(rec.index), float(rec.timestamp), image)
 
@@ -331,6 +375,30 @@ class ImageFolderSource(FrameSource):
         return {"n_frames": len(self.files), "fps": self.source_fps}
 
 
+class BagSource(FrameSource):
+    """Images of one topic of a ROS 1 / ROS 2 bag or an MCAP file (see :mod:`da3stream.io.rosbag`)."""
+
+    kind = "rosbag"
+
+    def __init__(self, path: str | os.PathLike, *, topic: Optional[str] = None, **options: Any) -> None:
+        self.bag = _rosbag.open_image_topic(path, topic)
+        if isinstance(options.get("calibration"), str) and options["calibration"] == CAMERA_INFO:
+            options["calibration"] = _rosbag.calibration_from_bag(path, image_topic=self.bag.topic)
+        h, w = self.bag.image_hw
+        super().__init__(str(path), (w, h), reference_name=f"{path}: {self.bag.topic} message {self.bag.first_index}", **options)
+
+    def _records(self) -> Iterator[_Record]:
+        for rec in _rosbag.image_records(self.bag):
+            yield _Record(rec.index, rec.timestamp, rec.load, rec.error)
+
+    @property
+    def time_origin(self) -> float:
+        return self.bag.first_stamp
+
+    def _extra_description(self) -> dict:
+        return {"n_frames": self.bag.count, **self.bag.describe()}
+
+
 class IterableSource(FrameSource):
     """Frames from an iterable of arrays, ``(image, timestamp)`` tuples or :class:`Frame` objects."""
 
@@ -386,14 +454,18 @@ def open_source(
     source_fps: float = 30.0,
     min_side: int = 28,
     aspect_tolerance: float = 0.01,
+    topic: Optional[str] = None,
+    calibration: Any = None,
+    undistort_alpha: Optional[float] = 0.0,
 ) -> FrameSource:
-    """Open a video path, an image folder, an image file, or an iterable of frames.
+    """Open a video path, an image folder, an image file, a ROS bag, or an iterable of frames.
 
     Args:
         source: a video (``.mp4 .mkv .mov .webm .avi .m4v``, any case; other
             suffixes that are not images are tried as video too; ``scheme://``
             URLs go to PyAV), a folder of ``jpg/jpeg/png/bmp/tif/tiff`` images, one
-            image file, an iterable of ``(H, W, 3) uint8`` RGB arrays,
+            image file, a ROS 1 ``.bag``, a ROS 2 bag folder (``metadata.yaml``), a
+            ``.mcap`` or ``.db3`` file, an iterable of ``(H, W, 3) uint8`` RGB arrays,
             ``(image, timestamp)`` tuples or :class:`Frame` objects, an
             ``(N, H, W, 3)`` array, or a :class:`FrameSource` (returned as is).
         fps: target rate: keep the first frame in each ``1 / fps`` s time bin; None keeps all.
@@ -407,11 +479,19 @@ def open_source(
         min_side: smallest accepted frame side, in pixels.
         aspect_tolerance: relative aspect-ratio difference within which a
             differently sized frame is resized to the reference size (else skipped).
+        topic: the image topic of a bag (needed when it has several); only for bags.
+        calibration: known intrinsics: a :class:`~da3stream.io.calibration.Calibration`,
+            a calibration YAML path, ``"fx,fy,cx,cy[,k1,k2,p1,p2,...]"`` text, or
+            ``"camera_info"`` (bags: the CameraInfo topic beside the image topic);
+            frames are undistorted on read and :attr:`FrameSource.intrinsics` is set.
+        undistort_alpha: free scaling of the undistorted camera (0: only valid
+            pixels, 1: every source pixel, None: keep K); see :class:`~da3stream.io.calibration.Undistorter`.
 
     Raises:
         SourceError: the source is missing, empty, unreadable, not a video or an
             image, has no decodable frame, or its frames are too small.
-        ConfigError: an option is out of range.
+        ConfigError: an option is out of range, ``topic`` is given for a source
+            that is not a bag, or the calibration is invalid or does not fit the frames.
     """
     if isinstance(source, FrameSource):
         return source
@@ -419,13 +499,28 @@ def open_source(
     options = dict(
         fps=fps, stride=stride, max_frames=max_frames, prefetch=prefetch, max_side=max_side,
         start_index=start_index, min_side=min_side, aspect_tolerance=aspect_tolerance,
+        undistort_alpha=undistort_alpha,
     )
+    is_bag = isinstance(source, (str, os.PathLike)) and "://" not in os.fspath(source) and _rosbag.is_bag_path(source)
+    if topic is not None and not is_bag:
+        raise ConfigError(f"source option topic={topic!r} applies only to ROS bags and MCAP files")
+    if isinstance(calibration, str) and calibration == CAMERA_INFO:
+        if not is_bag:
+            raise ConfigError(f"calibration={CAMERA_INFO!r} applies only to ROS bags and MCAP files")
+        options["calibration"] = CAMERA_INFO
+    else:
+        options["calibration"] = calibration_from_arg(calibration)
+    if is_bag:
+        return BagSource(source, topic=topic, **options)
     if isinstance(source, (str, os.PathLike)):
         text = os.fspath(source)
         if "://" in text:
             return VideoSource(text, **options)
         path = Path(text)
         if path.is_dir():
+            storage = [p.name for p in path.iterdir() if p.suffix.lower() in (".db3", ".mcap")][:3]
+            if storage and not any(_images.is_image_path(p) for p in path.iterdir()):
+                raise SourceError(f"{path}: looks like a ROS 2 bag without metadata.yaml; pass its storage file ({', '.join(storage)})")
             return ImageFolderSource(path, source_fps=source_fps, **options)
         if not path.exists():
             raise SourceError(f"{path}: no such file or folder")
@@ -444,8 +539,16 @@ def open_source(
 
 
 def source_options(cfg: Any) -> dict:
-    """Keyword arguments of :func:`open_source` from a ``SourceConfig``."""
-    return dict(fps=cfg.fps, stride=cfg.stride, max_frames=cfg.max_frames, prefetch=cfg.prefetch, max_side=cfg.max_side)
+    """Keyword arguments of :func:`open_source` from a ``SourceConfig``.
+
+    ``topic``, ``intrinsics`` (-> ``calibration``) and ``undistort_alpha`` are
+    passed on when the config has those fields.
+    """
+    out = dict(fps=cfg.fps, stride=cfg.stride, max_frames=cfg.max_frames, prefetch=cfg.prefetch, max_side=cfg.max_side)
+    for field, key in (("topic", "topic"), ("intrinsics", "calibration"), ("undistort_alpha", "undistort_alpha")):
+        if hasattr(cfg, field):
+            out[key] = getattr(cfg, field)
+    return out
 
 
 # --------------------------------------------------------------------------- helpers

@@ -1,0 +1,285 @@
+"""Command line: ``run_stream.py`` / ``da3stream``.
+
+```
+run_stream.py SOURCE --out RUN.zarr [--config X.yaml] [--model ID|DIR] [--resume]
+run_stream.py --demo [--out RUN.zarr] [--demo-sequence demo|loop]
+run_stream.py export RUN.zarr --tum T.txt --kitti K.txt --ply map.ply
+run_stream.py eval RUN.zarr --gt gt.tum
+```
+
+Library errors (:class:`~da3stream.errors.Da3StreamError`) become one line on
+stderr and the error's exit code; progress bars live here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from da3stream.errors import ConfigError, Da3StreamError
+
+log = logging.getLogger("da3stream.cli")
+
+SUBCOMMANDS = ("export", "eval")
+EXIT_INTERRUPTED = 130
+EXIT_INTERNAL = 70
+
+
+def _parse_value(text: str) -> Any:
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def _run_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="run_stream.py",
+        description="Streaming reconstruction of a video or image folder with Depth Anything 3. "
+        "Subcommands: export, eval (run 'run_stream.py export -h').",
+    )
+    p.add_argument("source", nargs="?", help="video file, image folder")
+    p.add_argument("--out", help="output Zarr store (directory)")
+    p.add_argument("--config", help="YAML config (see configs/)")
+    p.add_argument("--model", help="DA3 checkpoint directory or hub id (e.g. depth-anything/DA3-LARGE)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last committed window")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing store at --out")
+    p.add_argument("--demo", action="store_true", help="render a synthetic world and reconstruct it with the simulated predictor")
+    p.add_argument("--demo-sequence", default="demo", help="synthetic sequence for --demo (demo, loop)")
+    p.add_argument("--demo-frames", type=int, default=None, help="frames of the --demo sequence")
+    p.add_argument("--chunk-size", type=int, help="frames per window (default: from --gpu-mem-gb)")
+    p.add_argument("--overlap", type=int, help="frames shared by consecutive windows")
+    p.add_argument("--gpu-mem-gb", type=float, help="GPU memory budget in GiB (default 12)")
+    p.add_argument("--fps", type=float, help="subsample the source to this frame rate")
+    p.add_argument("--stride", type=int, help="keep every N-th frame")
+    p.add_argument("--max-frames", type=int, help="stop after this many frames")
+    p.add_argument("--no-loop", action="store_true", help="disable loop closure")
+    p.add_argument("--no-keyframes", action="store_true", help="keep every frame (no near-duplicate filter)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any config override, e.g. --set align.kernel=cauchy")
+    p.add_argument("--tum", help="also write the trajectory as TUM when done")
+    p.add_argument("--kitti", help="also write the trajectory as KITTI when done")
+    p.add_argument("--ply", help="also write the fused map as PLY when done")
+    p.add_argument("--gt", help="ground-truth TUM trajectory: print ATE/RPE when done")
+    _common(p)
+    return p
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quiet", action="store_true", help="no progress bar, warnings only")
+    p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+    p.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
+
+
+def _export_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="run_stream.py export", description="Export a run store to standard formats.")
+    p.add_argument("store", help="run store (RUN.zarr)")
+    p.add_argument("--tum", help="trajectory in TUM format (timestamp tx ty tz qx qy qz qw)")
+    p.add_argument("--kitti", help="trajectory in KITTI format (3x4 row-major per line)")
+    p.add_argument("--ply", help="fused point map as binary PLY (world frame)")
+    p.add_argument("--voxel", type=float, default=None, help="voxel size for the PLY (world units)")
+    _common(p)
+    return p
+
+
+def _eval_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="run_stream.py eval", description="ATE (Sim(3)-aligned) and RPE against ground truth.")
+    p.add_argument("store", help="run store (RUN.zarr) or a TUM trajectory file")
+    p.add_argument("--gt", required=True, help="ground-truth TUM trajectory")
+    p.add_argument("--max-diff", type=float, default=0.01, help="timestamp association tolerance in seconds")
+    _common(p)
+    return p
+
+
+def _overrides(args: argparse.Namespace) -> dict:
+    over: dict = {}
+    if args.chunk_size is not None:
+        over["chunk_size"] = args.chunk_size
+    if args.overlap is not None:
+        over["overlap"] = args.overlap
+    if args.gpu_mem_gb is not None:
+        over["gpu_mem_gb"] = args.gpu_mem_gb
+    if args.fps is not None:
+        over["source.fps"] = args.fps
+    if args.stride is not None:
+        over["source.stride"] = args.stride
+    if args.max_frames is not None:
+        over["source.max_frames"] = args.max_frames
+    if args.no_loop:
+        over["loop.enabled"] = False
+    if args.no_keyframes:
+        over["keyframes.enabled"] = False
+    if args.model:
+        over["model.id"] = args.model
+    for item in args.set:
+        if "=" not in item:
+            raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
+        key, value = item.split("=", 1)
+        over[key.strip()] = _parse_value(value)
+    return over
+
+
+def _setup_logging(args: argparse.Namespace) -> None:
+    level = logging.WARNING if (args.quiet or args.json) else logging.INFO
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+class _Progress:
+    """tqdm bar: frames/s and windows aligned (CLI only)."""
+
+    def __init__(self, enabled: bool, total: Optional[int]) -> None:
+        self.bar = None
+        if enabled:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, unit="frame", dynamic_ncols=True, desc="reconstructing", file=sys.stderr)
+        self.windows = 0
+        self.gated = 0
+
+    def __call__(self, info: dict) -> None:
+        self.windows += 1
+        self.gated += int(info.get("status") == 1)
+        if self.bar is not None:
+            self.bar.update(int(info.get("frames", 0)))
+            self.bar.set_postfix(windows=self.windows, gated=self.gated, loops=info.get("loops", 0), refresh=False)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _cmd_run(argv: Sequence[str]) -> int:
+    args = _run_parser().parse_args(argv)
+    _setup_logging(args)
+    if args.demo:
+        from da3stream.demo import run_demo
+
+        result = run_demo(
+            out=args.out, sequence=args.demo_sequence, n_frames=args.demo_frames, config=args.config,
+            overrides=_overrides(args), progress_enabled=not (args.quiet or args.json), overwrite=args.overwrite,
+        )
+        _emit(result, args)
+        return 0
+    if not args.source:
+        raise ConfigError("SOURCE is required (or use --demo); see run_stream.py -h")
+    if not args.out:
+        raise ConfigError("--out RUN.zarr is required")
+    from da3stream.config import load_config
+    from da3stream.streaming.pipeline import reconstruct
+
+    cfg = load_config(args.config, _overrides(args))
+    bar = _Progress(not (args.quiet or args.json), cfg.source.max_frames)
+    try:
+        summary = reconstruct(args.source, args.out, config=cfg, resume=args.resume, progress=bar, overwrite=args.overwrite)
+    finally:
+        bar.close()
+    result = {"summary": summary.__dict__ | {"new_frame_fraction": summary.new_frame_fraction}}
+    result.update(_exports(args.out, args.tum, args.kitti, args.ply, None))
+    if args.gt:
+        from da3stream.io.evaluate import evaluate
+
+        result["eval"] = evaluate(args.out, args.gt)
+    _emit(result, args)
+    return 0
+
+
+def _exports(store: str, tum, kitti, ply, voxel) -> dict:
+    from da3stream.io import export
+
+    written = {}
+    if tum:
+        export.export_tum(store, tum)
+        written["tum"] = tum
+    if kitti:
+        export.export_kitti(store, kitti)
+        written["kitti"] = kitti
+    if ply:
+        n = export.export_ply(store, ply, voxel=voxel)
+        written["ply"] = ply
+        written["ply_points"] = int(n) if n is not None else None
+    return {"exported": written} if written else {}
+
+
+def _cmd_export(argv: Sequence[str]) -> int:
+    args = _export_parser().parse_args(argv)
+    _setup_logging(args)
+    if not (args.tum or args.kitti or args.ply):
+        raise ConfigError("export: name at least one of --tum, --kitti, --ply")
+    _emit(_exports(args.store, args.tum, args.kitti, args.ply, args.voxel), args)
+    return 0
+
+
+def _cmd_eval(argv: Sequence[str]) -> int:
+    args = _eval_parser().parse_args(argv)
+    _setup_logging(args)
+    from da3stream.io.evaluate import evaluate
+
+    _emit({"eval": evaluate(args.store, args.gt, max_diff=args.max_diff)}, args)
+    return 0
+
+
+def _emit(result: dict, args: argparse.Namespace) -> None:
+    if args.json:
+        print(json.dumps(result, indent=2, default=_json_default))
+        return
+    for key, value in result.items():
+        if isinstance(value, dict):
+            print(f"{key}:")
+            for k, v in value.items():
+                if isinstance(v, dict):
+                    v = ", ".join(f"{a}={_fmt(b)}" for a, b in v.items())
+                print(f"  {k}: {_fmt(v)}")
+        else:
+            print(f"{key}: {_fmt(value)}")
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    return str(v)
+
+
+def _json_default(o: Any) -> Any:
+    try:
+        import numpy as np
+
+        if isinstance(o, np.generic):
+            return o.item()
+        if isinstance(o, np.ndarray):
+            return o.tolist()
+    except ImportError:
+        pass
+    if isinstance(o, Path):
+        return str(o)
+    return str(o)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    try:
+        if argv and argv[0] == "export":
+            return _cmd_export(argv[1:])
+        if argv and argv[0] == "eval":
+            return _cmd_eval(argv[1:])
+        return _cmd_run(argv)
+    except Da3StreamError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted: the store holds every window committed so far; continue with --resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # noqa: BLE001 - the last line of defence for users
+        if debug:
+            raise
+        print(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", file=sys.stderr)
+        return EXIT_INTERNAL
+
+
+if __name__ == "__main__":
+    sys.exit(main())
