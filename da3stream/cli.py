@@ -59,6 +59,9 @@ def _run_parser() -> argparse.ArgumentParser:
     p.add_argument("--fps", type=float, help="subsample the source to this frame rate")
     p.add_argument("--stride", type=int, help="keep every N-th frame")
     p.add_argument("--max-frames", type=int, help="stop after this many frames")
+    p.add_argument("--topic", help="image topic of a ROS bag / MCAP source")
+    p.add_argument("--intrinsics", help="known camera: fx,fy,cx,cy[,k1,k2,p1,p2] or a calibration YAML (frames are undistorted)")
+    p.add_argument("--poses", help="TUM file of known poses for pose-conditioned DA3 inference")
     p.add_argument("--no-loop", action="store_true", help="disable loop closure")
     p.add_argument("--no-keyframes", action="store_true", help="keep every frame (no near-duplicate filter)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any config override, e.g. --set align.kernel=cauchy")
@@ -110,6 +113,12 @@ def _overrides(args: argparse.Namespace) -> dict:
         over["source.stride"] = args.stride
     if args.max_frames is not None:
         over["source.max_frames"] = args.max_frames
+    if args.topic:
+        over["source.topic"] = args.topic
+    if args.intrinsics:
+        over["source.intrinsics"] = args.intrinsics
+    if args.poses:
+        over["source.poses"] = args.poses
     if args.no_loop:
         over["loop.enabled"] = False
     if args.no_keyframes:

@@ -32,6 +32,16 @@ class SourceConfig:
     """Frames decoded ahead of the pipeline by the prefetch thread."""
     max_side: Optional[int] = None
     """Downscale frames whose longer side exceeds this many pixels on read; None keeps them."""
+    topic: Optional[str] = None
+    """Image topic of a ROS bag / MCAP source (needed when it has several)."""
+    intrinsics: Optional[str] = None
+    """Known camera: "fx,fy,cx,cy[,k1,k2,p1,p2,...]", a calibration YAML path, or "camera_info" (bags); frames are undistorted on read."""
+    undistort_alpha: Optional[float] = 0.0
+    """Undistorted camera zoom: 0 keeps only valid pixels, 1 keeps every source pixel, None keeps K."""
+    poses: Optional[str] = None
+    """TUM file of known world_from_cam poses (OpenCV camera axes) for pose-conditioned inference."""
+    pose_max_diff: float = 0.02
+    """Largest |frame time - pose time|, in seconds, for a frame to take a prior pose."""
 
 
 @dataclass(frozen=True)

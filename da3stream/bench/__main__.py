@@ -15,6 +15,7 @@ SUBCOMMANDS = {
     "graph": "pose-graph optimisation time (1,000 nodes, 50 loops)",
     "pipeline": "end-to-end run vs model-only on the same windows",
     "retrieval": "place-recognition search cost as the index grows",
+    "bag": "ROS bag / MCAP reading rate and peak memory while streaming",
 }
 
 

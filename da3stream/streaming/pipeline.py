@@ -35,7 +35,7 @@ from da3stream.errors import AlignmentError, ConfigError, Da3StreamError, Predic
 from da3stream.streaming.fusion import FusedPoints, empty_points, fuse_window
 from da3stream.streaming.keyframes import KeyframeFilter
 from da3stream.streaming.planner import is_out_of_memory, plan_chunk_size, shrink_chunk_size
-from da3stream.streaming.sources import Frame, open_source
+from da3stream.streaming.sources import Frame, open_source, source_options
 from da3stream.streaming.writer import AsyncWriter
 
 log = logging.getLogger(__name__)
@@ -163,14 +163,20 @@ class StreamingReconstructor:
         self.image_hw: Optional[tuple[int, int]] = None
         self.loop_closer = None
         self.loops_disabled_reason: Optional[str] = None
+        # known cameras (calibration, pose prior) for conditioned inference
+        self.frame_K: Optional[np.ndarray] = None
+        self.pose_prior = None
+        self.prior_offset = 0.0
+        if self.cfg.source.poses:
+            from da3stream.io.priors import PosePrior
+
+            self.pose_prior = PosePrior.load(self.cfg.source.poses)
+            if not _accepts_kwarg(self.predictor.predict, "world_from_cam"):
+                raise ConfigError(f"{self.cfg.source.poses}: the predictor {type(self.predictor).__name__} cannot be conditioned on poses")
 
     # ------------------------------------------------------------------ setup
     def _open_source(self, start_index: int = 0):
-        s = self.cfg.source
-        return open_source(
-            self.source_arg, fps=s.fps, stride=s.stride, max_frames=s.max_frames, prefetch=s.prefetch,
-            max_side=s.max_side, start_index=start_index,
-        )
+        return open_source(self.source_arg, start_index=start_index, **source_options(self.cfg.source))
 
     def _make_loop_closer(self) -> None:
         if not self.cfg.loop.enabled:
@@ -199,8 +205,15 @@ class StreamingReconstructor:
             indices=np.array([f.index for f in frames], np.int64),
             timestamps=np.array([f.timestamp for f in frames], np.float64),
         )
+        kw = {}
+        if self.pose_prior is not None:
+            from da3stream.io.priors import conditioning_kwargs
+
+            kw = conditioning_kwargs(self.pose_prior, batch.timestamps, self.frame_K,
+                                     max_diff=self.cfg.source.pose_max_diff, time_offset=self.prior_offset)
+            self.timer.add("conditioned_windows", float(bool(kw)))
         t0 = time.perf_counter()
-        pred = self.predictor.predict(batch)
+        pred = self.predictor.predict(batch, **kw)
         self.timer.add("predict", time.perf_counter() - t0)
         self.timer.add("predicted_frames", len(frames))
         if not isinstance(pred, Prediction):
@@ -615,6 +628,11 @@ class StreamingReconstructor:
     def _source_description(self, src) -> dict:
         desc = dict(src.describe())
         desc.update(self.source_extra)
+        self.frame_K = getattr(src, "intrinsics", None)
+        if self.pose_prior is not None:
+            self.prior_offset = self.pose_prior.time_offset_for(getattr(src, "time_origin", 0.0))
+            desc["pose_prior"] = {**self.pose_prior.describe(), "time_offset": self.prior_offset,
+                                  "max_diff": self.cfg.source.pose_max_diff}
         return desc
 
     # ------------------------------------------------------------------ main loop
@@ -754,6 +772,16 @@ class StreamingReconstructor:
             out["write_busy"] = round(self.writer.busy_seconds, 4)
             out["write_wait"] = round(self.writer.wait_seconds, 4)
         return out
+
+
+def _accepts_kwarg(fn: Callable, name: str) -> bool:
+    import inspect
+
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
 
 
 def _free_accelerator_memory() -> None:
