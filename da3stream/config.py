@@ -130,7 +130,7 @@ class LoopConfig:
     """Verification gate on the median depth-relative residual of both halves (as ``align.max_residual``)."""
     max_rotation_deg: float = 30.0
     """Consistency gate: a loop may not disagree with the current trajectory more than this."""
-    huber_delta: float = 1.0
+    huber_delta: float = 3.0
     """Robust kernel width (in whitened residual units) of the pose graph."""
     max_queries_per_chunk: int = 4
     """Query frames per new window sent to place recognition."""

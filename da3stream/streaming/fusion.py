@@ -89,16 +89,13 @@ def fuse_window(
         return empty_points()
     vox = voxel_size if voxel_size > 0 else float(np.median(d[keep])) * voxel_fraction_of_depth
     vox = max(vox, 1e-12)
-    keys = np.floor(xyz / vox).astype(np.int64)
-    _, inv, counts = np.unique(keys, axis=0, return_inverse=True, return_counts=True)
-    inv = inv.reshape(-1)
+    inv, counts = _voxel_ids(np.floor(xyz / vox).astype(np.int64))
     m = counts.shape[0]
-    sum_xyz = np.zeros((m, 3))
-    sum_col = np.zeros((m, 3))
-    np.add.at(sum_xyz, inv, xyz)
-    np.add.at(sum_col, inv, col)
-    best = np.full(m, -np.inf, np.float32)
-    np.maximum.at(best, inv, cf)
+    sum_xyz = np.stack([np.bincount(inv, weights=xyz[:, k], minlength=m) for k in range(3)], axis=1)
+    sum_col = np.stack([np.bincount(inv, weights=col[:, k], minlength=m) for k in range(3)], axis=1)
+    order = np.lexsort((cf, inv))  # by voxel, then confidence: the last entry per voxel is its best
+    last = np.r_[np.flatnonzero(np.diff(inv[order])), inv.size - 1]
+    best = cf[order][last].astype(np.float32)
     out_xyz = sum_xyz / counts[:, None]
     out_col = sum_col / counts[:, None]
     if m > max_points:
@@ -110,3 +107,19 @@ def fuse_window(
         np.clip(np.rint(out_col), 0, 255).astype(np.uint8),
         best.astype(np.float32),
     )
+
+
+def _voxel_ids(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Dense voxel ids (P,) and counts (M,) for integer voxel coordinates (P, 3).
+
+    The three coordinates are packed into one int64 (21 bits each after shifting
+    to non-negative), which makes the grouping a 1-D ``np.unique``.
+    """
+    k = keys - keys.min(axis=0)
+    span = k.max(axis=0) + 1 if k.size else np.ones(3, np.int64)
+    if np.all(span < (1 << 21)):
+        packed = (k[:, 0] << 42) | (k[:, 1] << 21) | k[:, 2]
+        _, inv, counts = np.unique(packed, return_inverse=True, return_counts=True)
+    else:  # a huge extent relative to the voxel: fall back to row-wise unique
+        _, inv, counts = np.unique(k, axis=0, return_inverse=True, return_counts=True)
+    return inv.reshape(-1), counts

@@ -228,10 +228,25 @@ class StreamingReconstructor:
         return pred
 
     # ------------------------------------------------------------------ alignment
-    def _points(self, pred: Prediction) -> np.ndarray:
+    def _overlap_points(self, pred: Prediction, stride: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(points, conf, depth) of every ``stride``-th pixel of the overlap frames, in the chunk frame.
+
+        Points come from the ray map when the predictor gives one on the depth
+        grid, otherwise from depth, intrinsics and pose.
+        """
+        d = pred.depth[:, ::stride, ::stride]
+        c = pred.conf[:, ::stride, ::stride]
         if pred.rays is not None and pred.rays.shape[1:3] == pred.depth.shape[1:3]:
-            return points_from_rays(pred.rays, pred.depth)
-        return unproject_depth(pred.depth, pred.intrinsics, pred.world_from_cam)
+            return points_from_rays(pred.rays[:, ::stride, ::stride], d), c, d
+        K = np.array(pred.intrinsics, dtype=np.float64, copy=True)
+        K[:, :2, :] /= stride
+        return unproject_depth(d, K, pred.world_from_cam), c, d
+
+    def _sampling_stride(self, pred: Prediction) -> int:
+        """Pixel stride that leaves about 16 candidates per correspondence kept (sampling stays cheap)."""
+        n, h, w = pred.depth.shape
+        want = 16 * self.cfg.align.max_points
+        return max(1, int(np.sqrt(n * h * w / max(want, 1))))
 
     def _align(self, prev: Prediction, cur: Prediction, chunk_id: int) -> tuple[Optional[Sim3], dict]:
         """``prev_from_cur`` for two predictions of the same frames, with a quality record.
@@ -254,8 +269,11 @@ class StreamingReconstructor:
             return pose_est, quality
         rng = np.random.default_rng([self.cfg.seed, chunk_id])
         try:
+            stride = self._sampling_stride(prev)
+            pts_a, conf_a, depth_a = self._overlap_points(prev, stride)
+            pts_b, conf_b, depth_b = self._overlap_points(cur, stride)
             corr = sample_correspondences(
-                self._points(prev), prev.conf, prev.depth, self._points(cur), cur.conf,
+                pts_a, conf_a, depth_a, pts_b, conf_b, depth_b=depth_b,
                 max_points=a.max_points, conf_quantile=a.conf_quantile, rng=rng,
             )
             quality["n_points"] = int(corr.dst.shape[0])
@@ -274,7 +292,7 @@ class StreamingReconstructor:
             return pose_est, quality
         disagreement = float("nan")
         if pose_est is not None:
-            disagreement = transform_disagreement(result.dst_from_src, pose_est, corr.src)
+            disagreement = transform_disagreement(result.dst_from_src, pose_est, corr.src, depth=corr.depth_dst)
         ok, reason = quality_gate(
             result, disagreement, min_inlier_ratio=a.min_inlier_ratio, max_residual=a.max_residual,
             scale_range=a.scale_range, max_pose_disagreement=a.max_pose_disagreement,
