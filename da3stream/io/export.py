@@ -1,0 +1,142 @@
+"""Exports of a run store: TUM and KITTI trajectories, PLY point maps.
+
+Every export reads the store's live poses, so exports written after a loop
+closure reflect the corrected geometry: trajectories use the current
+``world_from_cam`` of every processed frame, and map points are composed from
+their chunk frame with the current ``world_from_chunk`` on the fly.
+Trajectories include, by default, interpolated poses of the frames the keyframe
+filter dropped (:func:`full_trajectory`; ``keyframes_only=True`` for the stored
+keyframes only). COLMAP, nerfstudio and depth exports live in
+:mod:`da3stream.io.colmap`, :mod:`da3stream.io.nerfstudio` and
+:mod:`da3stream.io.depth_export`; docs/EXPORTS.md has the table of conventions.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from contextlib import contextmanager
+from typing import Iterator, Optional, Union
+
+import numpy as np
+
+from da3stream.errors import ExportError
+from da3stream.io.ply import PlyWriter, write_ply
+from da3stream.io.store import RunStore
+from da3stream.io.trajectory import write_kitti, write_tum
+
+log = logging.getLogger(__name__)
+
+StoreLike = Union[RunStore, str, os.PathLike]
+
+__all__ = ["export_kitti", "export_ply", "export_tum", "full_trajectory", "trajectory"]
+
+
+@contextmanager
+def _opened(store_or_path: StoreLike) -> Iterator[RunStore]:
+    if isinstance(store_or_path, RunStore):
+        yield store_or_path
+        return
+    store = RunStore.open(store_or_path, mode="r")
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+def trajectory(store_or_path: StoreLike) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(timestamps (F,) float64 s, world_from_cam (F, 4, 4) float64, index (F,) int64)`` of every
+    processed frame, in time order (ties keep processing order)."""
+    with _opened(store_or_path) as store:
+        t = store.frames_table()
+    order = np.argsort(t["timestamp"], kind="stable")
+    return t["timestamp"][order], t["world_from_cam"][order], t["index"][order]
+
+
+def full_trajectory(store_or_path: StoreLike, keyframes_only: bool = False, every: int = 1
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(timestamps (N,), world_from_cam (N, 4, 4), index (N,), is_keyframe (N,) bool)`` in time order.
+
+    ``keyframes_only=False``: a pose for every source frame that was read fine
+    (``source/skipped_reason == 0``): stored keyframes keep their pose; frames the
+    keyframe filter dropped get one interpolated between the stored keyframes
+    before and after them in time (SLERP on rotation, linear on the centre, by
+    timestamp). Frames before the first or after the last stored keyframe are
+    left out (no extrapolation); subsampled or undecodable frames are not
+    poses. A store without source rows gives its keyframes.
+    ``keyframes_only=True``: the stored keyframes only (:func:`trajectory`).
+    ``every``: then keep every N-th of those poses.
+    """
+    from da3stream.alignment.smoothing import blend_frame_poses
+    from da3stream.io.depth_export import check_every
+    from da3stream.io.store import SkipReason
+
+    every = check_every(every, "trajectory")
+    with _opened(store_or_path) as store:
+        ts_k, T_k, idx_k = trajectory(store)
+        src = None if keyframes_only else store.source_table()
+    is_kf = np.ones(ts_k.shape[0], bool)
+    if src is not None and ts_k.shape[0] and src["index"].shape[0]:
+        read = src["skipped_reason"] == int(SkipReason.NONE)
+        extra = read & ~np.isin(src["index"], idx_k)
+        inside = extra & (src["timestamp"] >= ts_k[0]) & (src["timestamp"] <= ts_k[-1])
+        if (extra & ~inside).any():
+            log.info("%d dropped frames lie outside the keyframes' time span and get no pose", int((extra & ~inside).sum()))
+        ts_d, idx_d = src["timestamp"][inside], src["index"][inside]
+        after = np.clip(np.searchsorted(ts_k, ts_d, side="right"), 1, ts_k.shape[0] - 1) if ts_k.shape[0] > 1 else np.zeros(ts_d.shape[0], np.int64)
+        before = np.maximum(after - 1, 0)
+        span = ts_k[after] - ts_k[before]
+        weight = np.clip(np.divide(ts_d - ts_k[before], span, out=np.zeros_like(ts_d), where=span > 0), 0.0, 1.0)
+        T_d = blend_frame_poses(T_k[before], T_k[after], weight)
+        ts_all = np.concatenate([ts_k, ts_d])
+        order = np.lexsort((np.concatenate([idx_k, idx_d]), ts_all))
+        ts_k, T_k = ts_all[order], np.concatenate([T_k, T_d])[order]
+        idx_k, is_kf = np.concatenate([idx_k, idx_d])[order], np.concatenate([is_kf, np.zeros(ts_d.shape[0], bool)])[order]
+    sel = slice(None, None, every)
+    return ts_k[sel], T_k[sel], idx_k[sel], is_kf[sel]
+
+
+def export_tum(store_or_path: StoreLike, path: Union[str, os.PathLike], *, keyframes_only: bool = False, every: int = 1) -> int:
+    """Write the trajectory as TUM (real timestamps; see :func:`full_trajectory`); return the pose count."""
+    ts, world_from_cam, _, _ = full_trajectory(store_or_path, keyframes_only, every)
+    if ts.shape[0] == 0:
+        raise ExportError(f"{path}: the store has no committed frames to export")
+    write_tum(path, ts, world_from_cam)
+    log.info("wrote %d poses to %s", ts.shape[0], path)
+    return int(ts.shape[0])
+
+
+def export_kitti(store_or_path: StoreLike, path: Union[str, os.PathLike], *, keyframes_only: bool = False, every: int = 1) -> int:
+    """Write the trajectory as KITTI poses (time order; see :func:`full_trajectory`); return the pose count."""
+    ts, world_from_cam, _, _ = full_trajectory(store_or_path, keyframes_only, every)
+    if ts.shape[0] == 0:
+        raise ExportError(f"{path}: the store has no committed frames to export")
+    write_kitti(path, world_from_cam)
+    log.info("wrote %d poses to %s", ts.shape[0], path)
+    return int(ts.shape[0])
+
+
+def export_ply(store_or_path: StoreLike, path: Union[str, os.PathLike], voxel: Optional[float] = None,
+               world: bool = True) -> int:
+    """Write the fused map as binary PLY; return the number of points written.
+
+    ``voxel``: downsample to one point per voxel of this edge (world units);
+    this loads the whole map into memory. Without it the map is streamed
+    chunk block by chunk block (flat memory).
+    """
+    if voxel is not None and not (np.isfinite(voxel) and voxel > 0):
+        raise ExportError(f"{path}: voxel must be a positive number, got {voxel}")
+    with _opened(store_or_path) as store:
+        if voxel is not None:
+            xyz, rgb = store.map_points(world=world, voxel=float(voxel))
+            write_ply(path, xyz, rgb)
+            n = int(xyz.shape[0])
+        else:
+            chunks = store.chunks_table()
+            nc = int(chunks["point_stop"].shape[0])
+            n = int(chunks["point_stop"][-1]) if nc else 0
+            with PlyWriter(path, n, comment=f"da3stream map, {'world' if world else 'chunk'} frame") as w:
+                for block in store.iter_map_points(world=world, n_chunks=nc):
+                    w.write(block.xyz, block.rgb)
+    log.info("wrote %d points to %s", n, path)
+    return n
