@@ -86,6 +86,14 @@ def _export_parser() -> argparse.ArgumentParser:
     p.add_argument("--kitti", help="trajectory in KITTI format (3x4 row-major per line)")
     p.add_argument("--ply", help="fused point map as binary PLY (world frame)")
     p.add_argument("--voxel", type=float, default=None, help="voxel size for the PLY (world units)")
+    p.add_argument("--colmap", metavar="DIR", help="COLMAP sparse model (cameras, images, points3D) into DIR")
+    p.add_argument("--colmap-format", choices=("text", "bin"), default="bin", help="COLMAP model files: text or bin (default bin)")
+    p.add_argument("--nerfstudio", metavar="DIR", help="nerfstudio transforms.json + images + depth into DIR (depth-grid resolution)")
+    p.add_argument("--depth", metavar="DIR", help="per-frame depth and confidence into DIR (world units, see depth_scale.json)")
+    p.add_argument("--depth-format", choices=("png16", "npz"), default="png16", help="png16: uint16 = depth x 1000 (mm for metric runs); npz: float32")
+    p.add_argument("--every", type=int, default=1, metavar="N", help="export every N-th pose / stored frame")
+    p.add_argument("--keyframes-only", action="store_true",
+                   help="TUM/KITTI: only stored keyframes (default: also interpolated poses of frames the keyframe filter dropped)")
     _common(p)
     return p
 
@@ -197,16 +205,33 @@ def _cmd_run(argv: Sequence[str]) -> int:
     return 0
 
 
-def _exports(store: str, tum, kitti, ply, voxel) -> dict:
+def _exports(store: str, tum, kitti, ply, voxel, opts: Optional[argparse.Namespace] = None) -> dict:
     from da3stream.io import export
 
     written = {}
+    every, keyframes_only = getattr(opts, "every", 1), getattr(opts, "keyframes_only", False)
     if tum:
-        export.export_tum(store, tum)
+        written["tum_poses"] = export.export_tum(store, tum, keyframes_only=keyframes_only, every=every)
         written["tum"] = tum
     if kitti:
-        export.export_kitti(store, kitti)
+        written["kitti_poses"] = export.export_kitti(store, kitti, keyframes_only=keyframes_only, every=every)
         written["kitti"] = kitti
+    if getattr(opts, "colmap", None):
+        from da3stream.io.colmap import export_colmap
+
+        info = export_colmap(store, opts.colmap, fmt=opts.colmap_format, every=every)
+        written["colmap"] = opts.colmap
+        written["colmap_model"] = {k: info[k] for k in ("cameras", "images", "points", "observations")}
+    if getattr(opts, "nerfstudio", None):
+        from da3stream.io.nerfstudio import export_nerfstudio
+
+        written["nerfstudio"] = opts.nerfstudio
+        written["nerfstudio_frames"] = export_nerfstudio(store, opts.nerfstudio, every=every)["frames"]
+    if getattr(opts, "depth", None):
+        from da3stream.io.depth_export import export_depth
+
+        written["depth"] = opts.depth
+        written["depth_frames"] = export_depth(store, opts.depth, fmt=opts.depth_format, every=every)["frames"]
     if ply:
         n = export.export_ply(store, ply, voxel=voxel)
         written["ply"] = ply
@@ -217,9 +242,9 @@ def _exports(store: str, tum, kitti, ply, voxel) -> dict:
 def _cmd_export(argv: Sequence[str]) -> int:
     args = _export_parser().parse_args(argv)
     _setup_logging(args)
-    if not (args.tum or args.kitti or args.ply):
-        raise ConfigError("export: name at least one of --tum, --kitti, --ply")
-    _emit(_exports(args.store, args.tum, args.kitti, args.ply, args.voxel), args)
+    if not (args.tum or args.kitti or args.ply or args.colmap or args.nerfstudio or args.depth):
+        raise ConfigError("export: name at least one of --tum, --kitti, --ply, --colmap, --nerfstudio, --depth")
+    _emit(_exports(args.store, args.tum, args.kitti, args.ply, args.voxel, args), args)
     return 0
 
 
