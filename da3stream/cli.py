@@ -5,6 +5,8 @@ run_stream.py SOURCE --out RUN.zarr [--config X.yaml] [--model ID|DIR] [--resume
 run_stream.py --demo [--out RUN.zarr] [--demo-sequence demo|loop]
 run_stream.py export RUN.zarr --tum T.txt --kitti K.txt --ply map.ply
 run_stream.py eval RUN.zarr --gt gt.tum
+run_stream.py report RUN.zarr [--gt gt.tum] [--out report.html]
+run_stream.py view RUN.zarr          (or: run_stream.py SOURCE --out RUN.zarr --view)
 ```
 
 Library errors (:class:`~da3stream.errors.Da3StreamError`) become one line on
@@ -24,7 +26,7 @@ from da3stream.errors import ConfigError, Da3StreamError
 
 log = logging.getLogger("da3stream.cli")
 
-SUBCOMMANDS = ("export", "eval")
+SUBCOMMANDS = ("export", "eval", "view", "report")
 EXIT_INTERRUPTED = 130
 EXIT_INTERNAL = 70
 
@@ -42,7 +44,7 @@ def _run_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="run_stream.py",
         description="Streaming reconstruction of a video or image folder with Depth Anything 3. "
-        "Subcommands: export, eval (run 'run_stream.py export -h').",
+        "Subcommands: export, eval, report, view (e.g. 'run_stream.py export -h').",
     )
     p.add_argument("source", nargs="?", help="video file, image folder")
     p.add_argument("--out", help="output Zarr store (directory)")
@@ -69,6 +71,40 @@ def _run_parser() -> argparse.ArgumentParser:
     p.add_argument("--kitti", help="also write the trajectory as KITTI when done")
     p.add_argument("--ply", help="also write the fused map as PLY when done")
     p.add_argument("--gt", help="ground-truth TUM trajectory: print ATE/RPE when done")
+    p.add_argument("--view", action="store_true", help="serve the live viewer while the run writes --out")
+    _viewer_args(p)
+    _common(p)
+    return p
+
+
+def _viewer_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", default="127.0.0.1", help="viewer address (default: this machine only)")
+    p.add_argument("--port", type=int, default=8080, help="viewer port (0: any free port)")
+    p.add_argument("--max-points", type=int, default=2_000_000, help="map points the viewer shows at most")
+
+
+def _viewer_options(args: argparse.Namespace):
+    from da3stream.viewer import FollowOptions, ViewerOptions
+
+    return ViewerOptions(host=args.host, port=args.port, follow=FollowOptions(max_points=args.max_points))
+
+
+def _view_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="run_stream.py view", description="Serve a live web viewer of a finished or running store.")
+    p.add_argument("store", help="run store (RUN.zarr)")
+    _viewer_args(p)
+    _common(p)
+    return p
+
+
+def _report_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="run_stream.py report", description="Write a self-contained HTML report of a run.")
+    p.add_argument("store", help="run store (RUN.zarr)")
+    p.add_argument("--gt", help="ground-truth TUM trajectory (adds ATE over time)")
+    p.add_argument("--out", default="report.html", help="HTML file to write")
+    p.add_argument("--png-dir", help="also write the plots as PNG files here")
+    p.add_argument("--max-diff", type=float, default=0.01, help="timestamp association tolerance in seconds")
+    p.add_argument("--previews", type=int, default=6, help="frames with depth/confidence previews")
     _common(p)
     return p
 
@@ -151,16 +187,17 @@ class _Progress:
 
     def __init__(self, enabled: bool, total: Optional[int]) -> None:
         self.bar = None
-        if enabled:
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total, unit="frame", dynamic_ncols=True, desc="reconstructing", file=sys.stderr)
+        self.enabled, self.total = enabled, total  # the bar appears with the first window: an early error stays one line
         self.windows = 0
         self.gated = 0
 
     def __call__(self, info: dict) -> None:
         self.windows += 1
         self.gated += int(info.get("status") == 1)
+        if self.enabled and self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=self.total, unit="frame", dynamic_ncols=True, desc="reconstructing", file=sys.stderr)
         if self.bar is not None:
             self.bar.update(int(info.get("frames", 0)))
             self.bar.set_postfix(windows=self.windows, gated=self.gated, loops=info.get("loops", 0), refresh=False)
@@ -190,9 +227,19 @@ def _cmd_run(argv: Sequence[str]) -> int:
     from da3stream.streaming.pipeline import reconstruct
 
     cfg = load_config(args.config, _overrides(args))
+    viewer = None
+    if args.view:
+        from da3stream.viewer import LiveViewer
+
+        viewer = LiveViewer(args.out, _viewer_options(args)).start(follow=True, wait_for_store=True)
+        print(f"viewer: {viewer.url}", file=sys.stderr)
     bar = _Progress(not (args.quiet or args.json), cfg.source.max_frames)
     try:
         summary = reconstruct(args.source, args.out, config=cfg, resume=args.resume, progress=bar, overwrite=args.overwrite)
+    except BaseException:
+        if viewer is not None:
+            viewer.stop()
+        raise
     finally:
         bar.close()
     result = {"summary": summary.__dict__ | {"new_frame_fraction": summary.new_frame_fraction}}
@@ -202,6 +249,15 @@ def _cmd_run(argv: Sequence[str]) -> int:
 
         result["eval"] = evaluate(args.out, args.gt)
     _emit(result, args)
+    if viewer is not None:
+        viewer.poll_once()
+        print(f"viewer: still serving {viewer.url} (Ctrl-C to stop)", file=sys.stderr)
+        try:
+            viewer.wait()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            viewer.stop()
     return 0
 
 
@@ -257,6 +313,29 @@ def _cmd_eval(argv: Sequence[str]) -> int:
     return 0
 
 
+def _cmd_view(argv: Sequence[str]) -> int:
+    args = _view_parser().parse_args(argv)
+    _setup_logging(args)
+    from da3stream.viewer import serve
+
+    try:
+        serve(args.store, _viewer_options(args))
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def _cmd_report(argv: Sequence[str]) -> int:
+    args = _report_parser().parse_args(argv)
+    _setup_logging(args)
+    from da3stream.io.report import write_report
+
+    res = write_report(args.store, args.out, gt_tum=args.gt, png_dir=args.png_dir, max_diff=args.max_diff,
+                       n_previews=args.previews)
+    _emit({"report": {"html": res["html"], "sections": ", ".join(res["sections"]), "png": res["png"] or None}}, args)
+    return 0
+
+
 def _emit(result: dict, args: argparse.Namespace) -> None:
     if args.json:
         print(json.dumps(result, indent=2, default=_json_default))
@@ -301,6 +380,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return _cmd_export(argv[1:])
         if argv and argv[0] == "eval":
             return _cmd_eval(argv[1:])
+        if argv and argv[0] == "view":
+            return _cmd_view(argv[1:])
+        if argv and argv[0] == "report":
+            return _cmd_report(argv[1:])
         return _cmd_run(argv)
     except Da3StreamError as exc:
         print(f"error: {exc}", file=sys.stderr)
