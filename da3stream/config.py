@@ -30,8 +30,8 @@ class SourceConfig:
     """Stop after this many frames have been read; None reads to the end."""
     prefetch: int = 64
     """Frames decoded ahead of the pipeline by the prefetch thread."""
-    max_side: Optional[int] = None
-    """Downscale frames whose longer side exceeds this many pixels on read; None keeps them."""
+    max_side: Optional[int] = 2048
+    """Downscale frames whose longer side exceeds this many pixels on read (protects memory on 4K/8K input; the network sees ~504 px); None keeps them."""
     topic: Optional[str] = None
     """Image topic of a ROS bag / MCAP source (needed when it has several)."""
     intrinsics: Optional[str] = None
@@ -56,8 +56,10 @@ class KeyframeConfig:
     """Keep a frame when the mean absolute thumbnail difference (0..1) exceeds this."""
     max_skip: int = 30
     """Keep a frame at the latest after this many dropped frames in a row."""
-    cut_threshold: float = 0.35
-    """A thumbnail change above this (0..1) is a hard scene cut: the next window starts a new segment."""
+    cut_threshold: float = 0.1
+    """A thumbnail change above this (0..1) makes a kept frame a scene-cut candidate (see ``cut_colour_threshold``)."""
+    cut_colour_threshold: float = 0.5
+    """A candidate is a hard scene cut, which starts a new segment, when the Bhattacharyya distance (0..1) of its HSV histogram to the last kept frame's exceeds this; 0 trusts the thumbnail test alone."""
 
 
 @dataclass(frozen=True)
@@ -104,6 +106,10 @@ class AlignConfig:
     """Gate: relative disagreement with the camera-pose-based transform above this is flagged."""
     min_points: int = 50
     """Fewer valid correspondences than this gates the alignment."""
+    pose_source: str = "auto"
+    """Per-frame camera poses: rays (fit to the ray map, like DA3's use_ray_pose), head (the camera head), or auto (rays when given)."""
+    device: str = "auto"
+    """Where registration runs: auto (torch on the predictor's CUDA device when it has one, else numpy on the CPU), cpu, or cuda[:N]."""
 
 
 @dataclass(frozen=True)
@@ -129,7 +135,7 @@ class LoopConfig:
     max_residual: float = 0.08
     """Verification gate on the median depth-relative residual of both halves (as ``align.max_residual``)."""
     max_rotation_deg: float = 30.0
-    """Consistency gate: a loop may not disagree with the current trajectory more than this."""
+    """Consistency gate: a loop may not disagree in rotation with the current trajectory more than this (degrees)."""
     huber_delta: float = 3.0
     """Robust kernel width (in whitened residual units) of the pose graph."""
     max_queries_per_chunk: int = 4
@@ -208,6 +214,8 @@ class Config:
     """Upper bound on the derived chunk size."""
     seed: int = 0
     """Seed for every random choice the engine makes."""
+    predict_ahead: int = 1
+    """Windows the predictor runs ahead of alignment and writing, in a worker thread (0: predict in the main thread)."""
     source: SourceConfig = field(default_factory=SourceConfig)
     """How frames are read."""
     keyframes: KeyframeConfig = field(default_factory=KeyframeConfig)
@@ -238,6 +246,12 @@ class Config:
             raise ConfigError(f"source.fps must be > 0, got {self.source.fps}")
         if self.align.mode not in ("sim3", "se3", "scale", "poses"):
             raise ConfigError(f"align.mode must be sim3, se3, scale or poses, got {self.align.mode!r}")
+        if self.predict_ahead not in (0, 1):
+            raise ConfigError(f"predict_ahead must be 0 or 1, got {self.predict_ahead}")
+        if not (self.align.device in ("auto", "cpu", "cuda") or self.align.device.startswith("cuda:")):
+            raise ConfigError(f"align.device must be auto, cpu or cuda[:N], got {self.align.device!r}")
+        if self.align.pose_source not in ("auto", "rays", "head"):
+            raise ConfigError(f"align.pose_source must be auto, rays or head, got {self.align.pose_source!r}")
         if self.align.kernel not in ("huber", "cauchy", "tukey"):
             raise ConfigError(f"align.kernel must be huber, cauchy or tukey, got {self.align.kernel!r}")
 
@@ -293,13 +307,17 @@ def _coerce(hint: Any, value: Any, path: str) -> Any:
             return value
         raise ConfigError(f"{path}: expected true/false, got {value!r}")
     if hint is int:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+        if (isinstance(value, bool) or not isinstance(value, (int, float))
+                or (isinstance(value, float) and not value.is_integer())):  # NaN and inf are not integers either
             raise ConfigError(f"{path}: expected an integer, got {value!r}")
         return int(value)
     if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:  # value != value: NaN
             raise ConfigError(f"{path}: expected a number, got {value!r}")
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:
+            raise ConfigError(f"{path}: {value!r} is out of range for a number") from None
     if hint is str:
         if not isinstance(value, str):
             raise ConfigError(f"{path}: expected a string, got {value!r}")

@@ -11,7 +11,9 @@ every random choice is seeded from (config seed, window id).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +22,8 @@ from typing import Any, Callable, Iterable, Optional
 import cv2
 import numpy as np
 
-from da3stream.alignment.points import points_from_rays, sample_correspondences, unproject_depth
+from da3stream.alignment.points import points_from_rays, resample_to_grid, sample_correspondences, unproject_depth
+from da3stream.alignment.ray_pose import pose_from_rays
 from da3stream.alignment.registration import (
     pose_based_estimate,
     quality_gate,
@@ -31,7 +34,7 @@ from da3stream.alignment.sim3 import Sim3
 from da3stream.alignment.smoothing import blend_frame_poses
 from da3stream.config import Config, load_config, to_dict
 from da3stream.core.types import FrameBatch, Prediction, Predictor
-from da3stream.errors import AlignmentError, ConfigError, Da3StreamError, PredictionError
+from da3stream.errors import AlignmentError, ConfigError, Da3StreamError, PredictionError, StoreError
 from da3stream.streaming.fusion import FusedPoints, empty_points, fuse_window
 from da3stream.streaming.keyframes import KeyframeFilter
 from da3stream.streaming.planner import is_out_of_memory, plan_chunk_size, shrink_chunk_size
@@ -89,9 +92,11 @@ class _Carry:
 class _Timer:
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
+        self._lock = threading.Lock()  # the predict-ahead worker adds too
 
     def add(self, name: str, dt: float) -> None:
-        self.seconds[name] = self.seconds.get(name, 0.0) + dt
+        with self._lock:
+            self.seconds[name] = self.seconds.get(name, 0.0) + dt
 
 
 def _model_info(predictor: Any) -> dict:
@@ -138,6 +143,8 @@ class StreamingReconstructor:
         self.cfg: Config = load_config(config)
         self.source_arg = source
         self.out = Path(out)
+        if isinstance(source, (str, Path)):
+            self._open_source().close()  # a bad source path fails in one line before any model is loaded
         self.predictor = _resolve_predictor(predictor, self.cfg)
         self.resume = resume
         self.progress = progress
@@ -158,6 +165,8 @@ class StreamingReconstructor:
         self.frame_chunk_from_cam: list[np.ndarray] = []  # per chunk: (n_new, 4, 4)
         self.carry_poses: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # chunk -> (rows, chunk_from_cam of carried frames)
         self.pending_source_rows: list[tuple[int, float, bool, int]] = []
+        self._segment_reason = ""  # why the next window starts a new segment (set when a window is rejected)
+        self._n_rejected_windows = 0
         self.orig_from_grid: Optional[np.ndarray] = None
         self.depth_hw: Optional[tuple[int, int]] = None
         self.image_hw: Optional[tuple[int, int]] = None
@@ -173,6 +182,14 @@ class StreamingReconstructor:
             self.pose_prior = PosePrior.load(self.cfg.source.poses)
             if not _accepts_kwarg(self.predictor.predict, "world_from_cam"):
                 raise ConfigError(f"{self.cfg.source.poses}: the predictor {type(self.predictor).__name__} cannot be conditioned on poses")
+        self.ahead = None  # streaming/overlap.py PredictAhead while run() runs with predict_ahead
+        if self.cfg.predict_ahead:
+            from da3stream.streaming.overlap import SerializedPredictor
+
+            self.predictor = SerializedPredictor(self.predictor)  # one forward at a time across threads
+        from da3stream.alignment.registration_torch import resolve_align_device
+
+        self.align_device = resolve_align_device(self.cfg.align.device, getattr(self.predictor, "device", "cpu"))
 
     # ------------------------------------------------------------------ setup
     def _open_source(self, start_index: int = 0):
@@ -218,14 +235,32 @@ class StreamingReconstructor:
         self.timer.add("predicted_frames", len(frames))
         if not isinstance(pred, Prediction):
             raise PredictionError(f"predictor returned {type(pred).__name__}, expected Prediction")
+        _check_finite_cameras(pred, frames)
         pred.validate(len(frames))
         bad = ~np.isfinite(pred.depth) | ~np.isfinite(pred.conf)
+        if bad.all():
+            raise RejectedWindow(f"window of frames {frames[0].index}-{frames[-1].index}: no finite depth")
+        self._poses_from_rays(pred, frames)
         if bad.any():
             n_bad = int(bad.sum())
+            self.timer.add("nonfinite_depth_values", n_bad)
             log.warning("window of frames %d-%d: %d non-finite depth/conf values masked", frames[0].index, frames[-1].index, n_bad)
             pred.depth = np.where(bad, 0.0, pred.depth).astype(np.float32)
             pred.conf = np.where(bad, 0.0, pred.conf).astype(np.float32)
         return pred
+
+    def _poses_from_rays(self, pred: Prediction, frames: list) -> None:
+        """Replace the camera head's poses and intrinsics by those fitted to the ray map (align.pose_source)."""
+        if pred.rays is None or self.cfg.align.pose_source == "head":
+            return
+        try:
+            chunk_from_cam, K = pose_from_rays(pred.rays, tuple(pred.depth.shape[1:]), pred.ray_conf)
+        except AlignmentError as exc:
+            log.warning("window of frames %d-%d: poses from rays failed (%s); using the camera head", frames[0].index,
+                        frames[-1].index, exc)
+            return
+        pred.world_from_cam = chunk_from_cam
+        pred.intrinsics = K
 
     # ------------------------------------------------------------------ alignment
     def _overlap_points(self, pred: Prediction, stride: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -234,10 +269,17 @@ class StreamingReconstructor:
         Points come from the ray map when the predictor gives one on the depth
         grid, otherwise from depth, intrinsics and pose.
         """
+        if pred.rays is not None:
+            hr, wr = pred.rays.shape[1:3]
+            if (hr, wr) == pred.depth.shape[1:3]:
+                d, c = pred.depth, pred.conf
+            else:  # DA3's ray map is coarser than its depth map: bring depth and confidence to the ray grid
+                d = resample_to_grid(np.where(pred.depth > 0, pred.depth, np.nan), (hr, wr), method="nearest")
+                c = pred.ray_conf if pred.ray_conf is not None else resample_to_grid(pred.conf, (hr, wr), method="nearest")
+            d, c = d[:, ::stride, ::stride], np.asarray(c)[:, ::stride, ::stride]
+            return points_from_rays(pred.rays[:, ::stride, ::stride], d), c, d
         d = pred.depth[:, ::stride, ::stride]
         c = pred.conf[:, ::stride, ::stride]
-        if pred.rays is not None and pred.rays.shape[1:3] == pred.depth.shape[1:3]:
-            return points_from_rays(pred.rays[:, ::stride, ::stride], d), c, d
         K = np.array(pred.intrinsics, dtype=np.float64, copy=True)
         K[:, :2, :] /= stride
         return unproject_depth(d, K, pred.world_from_cam), c, d
@@ -277,7 +319,7 @@ class StreamingReconstructor:
                 max_points=a.max_points, conf_quantile=a.conf_quantile, rng=rng,
             )
             quality["n_points"] = int(corr.dst.shape[0])
-            result = register(
+            result = (register if self.align_device == "cpu" else self._register_torch)(
                 corr.dst, corr.src, corr.weight, corr.depth_dst, mode=a.mode, kernel=a.kernel,
                 kernel_scale=a.kernel_scale, inlier_threshold=a.inlier_threshold, irls_iters=a.irls_iters,
                 min_points=a.min_points, init=pose_est if a.mode == "scale" else None,
@@ -312,6 +354,12 @@ class StreamingReconstructor:
         quality.update(status=STATUS_GATED, reason=reason, scale=pose_est.s)
         return pose_est, quality
 
+    def _register_torch(self, *args, **kwargs):
+        """:func:`register` in torch on ``self.align_device`` (no host round trip per IRLS iteration)."""
+        from da3stream.alignment.registration_torch import register_torch
+
+        return register_torch(*args, device=self.align_device, **kwargs)
+
     # ------------------------------------------------------------------ per window
     def _grid_images(self, frames: list[Frame]) -> np.ndarray:
         h, w = self.depth_hw
@@ -332,11 +380,15 @@ class StreamingReconstructor:
             K = pred.intrinsics[0]
             self.orig_from_grid = np.asarray(to_orig(K, image_hw), np.float64) @ np.linalg.inv(K)
         else:
-            self.orig_from_grid = np.diag([W / w, H / h, 1.0])
+            # pixel centres sit at integer coordinates (docs/CONVENTIONS.md): u = (u' + 0.5) * W / w - 0.5
+            sx, sy = W / w, H / h
+            self.orig_from_grid = np.array([[sx, 0.0, 0.5 * sx - 0.5], [0.0, sy, 0.5 * sy - 0.5], [0.0, 0.0, 1.0]])
 
-    def _process_window(self, frames: list[Frame], n_carry: int, source_desc: dict) -> None:
+    def _process_window(self, frames: list[Frame], n_carry: int, source_desc: dict,
+                        prediction: Optional[Callable[[], Prediction]] = None) -> None:
+        """Predict (or take ``prediction()``, made ahead), align, fuse, loop-verify and commit one window."""
         chunk_id = len(self.world_from_chunk)
-        pred = self._predict(frames)
+        pred = self._predict(frames) if prediction is None else prediction()
         if self.store is None:
             self.image_hw = frames[0].image.shape[:2]
             self.depth_hw = tuple(pred.depth.shape[1:])
@@ -358,8 +410,9 @@ class StreamingReconstructor:
             # new segment: continue from the last known camera so exports stay bounded
             self.segment += 1
             quality["status"] = STATUS_NEW_SEGMENT
-            quality["reason"] = quality.get("reason") or "no_overlap"
+            quality["reason"] = quality.get("reason") or self._segment_reason or "no_overlap"
             world_from_this = self._segment_start(pred, n_carry)
+        self._segment_reason = ""
         self.timer.add("align", time.perf_counter() - t0)
         if quality["status"] == STATUS_GATED:
             self.summary.n_gated += 1
@@ -481,7 +534,8 @@ class StreamingReconstructor:
         return FrameData(
             images=self.store.rgb(rows),
             depth=self.store.depth(rows).astype(np.float32),
-            conf=self.store.conf(rows).astype(np.float32),
+            conf=(self.store.conf(rows).astype(np.float32) if self.store.has_conf
+                  else np.ones((len(rows),) + tuple(self.depth_hw), np.float32)),
             chunk_from_cam=table["chunk_from_cam"][rows],
             intrinsics=np.einsum("ij,njk->nik", grid_from_orig, K_orig),
             chunk_id=table["chunk_id"][rows],
@@ -526,8 +580,12 @@ class StreamingReconstructor:
         from da3stream.io.store import ChunkRecord
 
         new_frames = frames[n_carry:]
-        source_rows = self.pending_source_rows
-        self.pending_source_rows = []
+        # the source log commits up to this window's last frame: frames read beyond it (left in the buffer by an
+        # out-of-memory retry, or read while the window was predicted ahead) are logged with the window that
+        # commits them, else a resume after this commit would take them for already processed and skip them
+        last = frames[-1].index
+        source_rows = [r for r in self.pending_source_rows if r[0] <= last]
+        self.pending_source_rows = [r for r in self.pending_source_rows if r[0] > last]
         state_arrays = {"carry_rows": carry_rows.astype(np.int64),
                         "carry_indices": np.array([f.index for f in carry_frames], np.int64)}
         if carry_pred is not None:
@@ -575,7 +633,8 @@ class StreamingReconstructor:
             source_skipped=np.array([r[3] for r in source_rows], np.int8),
             loop_edges=list(loop_edges),
             state=state_arrays,
-            state_meta={"chunk_id": chunk_id, "segment": self.segment, "carry_chunk_id": chunk_id},
+            state_meta={"chunk_id": chunk_id, "segment": self.segment, "carry_chunk_id": chunk_id,
+                        "chunk_size": self.chunk_size},
         )
 
     # ------------------------------------------------------------------ resume
@@ -594,7 +653,7 @@ class StreamingReconstructor:
             self.store.close()
             self.store = None
             raise
-        frames = self.store.frames_table()
+        frames = self.store.frames_table(descriptors=self.cfg.loop.enabled)
         chunks = self.store.chunks_table()
         self.n_frames = int(frames["index"].shape[0])
         self.n_points = int(self.store.committed.get("n_points", 0))
@@ -612,6 +671,8 @@ class StreamingReconstructor:
         self.image_hw = tuple(self.store.image_hw)
         self.orig_from_grid = np.asarray(self.store.attrs_get("orig_from_grid"), np.float64)
         state, meta = self.store.read_state()
+        self.chunk_size = int(meta.get("chunk_size", self.chunk_size))  # smaller after an out-of-memory retry
+        self.summary.chunk_size = self.chunk_size
         carry_indices = set(int(i) for i in state.get("carry_indices", np.zeros(0, np.int64)))
         carry_pred = None
         if "carry_depth" in state:
@@ -630,7 +691,7 @@ class StreamingReconstructor:
         self.summary.n_frames = self.n_frames
         self.summary.n_segments = self.segment + 1
         self.summary.resumed = True
-        if self.cfg.loop.enabled and frames.get("descriptor") is not None:
+        if self.cfg.loop.enabled and self.store.has_descriptors:
             self._make_loop_closer()
             loops = self.store.loop_edges(accepted_only=True)
             self.loop_closer.restore(
@@ -659,14 +720,21 @@ class StreamingReconstructor:
         carry_indices: set[int] = set()
         last_read = -1
         start_index = 0
+        if self.resume and _creation_incomplete(self.out):
+            # killed before the store existed (or while creating it): nothing was committed, start afresh
+            log.warning("%s: nothing committed to resume from; starting a new run", self.out)
+            _discard_incomplete_store(self.out)
+            self.resume = False
         if self.resume:
             carry_indices, last_read = self._restore()
             start_index = min(carry_indices) if carry_indices else last_read + 1
         elif self.out.exists() and any(self.out.iterdir()) and not self.overwrite:
-            from da3stream.errors import StoreError
-
             raise StoreError(f"{self.out}: store already exists; pass --resume to continue it or choose another --out")
         self.writer = AsyncWriter(max_pending=2)
+        if self.cfg.predict_ahead:
+            from da3stream.streaming.overlap import PredictAhead
+
+            self.ahead = PredictAhead(self, self.timer.add)
         kf_cfg = self.cfg.keyframes
         kf = KeyframeFilter(kf_cfg.thumb_size, kf_cfg.min_change, kf_cfg.max_skip) if kf_cfg.enabled else None
         status = "failed"
@@ -682,6 +750,8 @@ class StreamingReconstructor:
                 if self.resume and self.carry is not None:
                     resumed_carry: dict[int, Frame] = {}
                 it = iter(src)
+                skip_cursor = 0  # entries of src.skipped already in the source log
+                last_kept_image: Optional[np.ndarray] = None  # for the scene-cut colour test
                 t0 = time.perf_counter()
                 for frame in it:
                     self.timer.add("read", time.perf_counter() - t0)
@@ -690,12 +760,14 @@ class StreamingReconstructor:
                             resumed_carry[frame.index] = frame
                             if kf is not None:
                                 kf.prime(frame.image)  # the last carry frame is the last kept frame
+                                last_kept_image = frame.image
                             if len(resumed_carry) == len(carry_indices):
                                 self.carry.frames = [resumed_carry[i] for i in self._carry_order]
                                 buffer = list(self.carry.frames)
                                 n_carry = len(buffer)
                         t0 = time.perf_counter()
                         continue
+                    skip_cursor = self._record_skipped(src, skip_cursor, frame.index, last_read)
                     if self.chunk_size == 0:
                         self.chunk_size = plan_chunk_size(self.cfg, self.predictor, frame.image.shape[:2])
                         self.summary.chunk_size = self.chunk_size
@@ -705,27 +777,35 @@ class StreamingReconstructor:
                     keep, cut = True, False
                     if kf is not None:
                         keep = kf.accept(frame.image)
-                        cut = keep and getattr(kf, "last_change", 0.0) > kf_cfg.cut_threshold and self.summary.n_keyframes > 0
+                        cut = (keep and getattr(kf, "last_change", 0.0) > kf_cfg.cut_threshold and self.summary.n_keyframes > 0
+                               and last_kept_image is not None
+                               and _colour_change(last_kept_image, frame.image) > kf_cfg.cut_colour_threshold)
+                        if keep:
+                            last_kept_image = frame.image
                     if cut and len(buffer) > n_carry:
-                        self._run_window(buffer, n_carry, source_desc)
+                        buffer, n_carry = self._flush_windows(buffer, n_carry, source_desc)
                         buffer, n_carry = [], 0
                         self.carry = None
                     elif cut:
+                        buffer, n_carry = self._flush_windows(buffer, n_carry, source_desc)
                         buffer, n_carry = buffer[n_carry:], 0
                         self.carry = None
+                    if cut:
+                        self._segment_reason = "scene_cut"
                     self.pending_source_rows.append((frame.index, frame.timestamp, keep, 0))
                     if keep:
                         self.summary.n_keyframes += 1
                         buffer.append(frame)
-                    if len(buffer) >= self.chunk_size:
+                    while len(buffer) >= self.chunk_size and len(buffer) > n_carry:  # repeats only after an OOM retry
                         buffer, n_carry = self._run_window(buffer, n_carry, source_desc)
                     t0 = time.perf_counter()
-                if len(buffer) > n_carry or (self.store is None and buffer):
-                    self._run_window(buffer, n_carry, source_desc)
-                self.summary.n_skipped = len(getattr(src, "skipped", []))
+                self._record_skipped(src, skip_cursor, None, last_read)
+                buffer, n_carry = self._flush_windows(buffer, n_carry, source_desc)
             if self.store is None:
                 from da3stream.errors import SourceError
 
+                if self._n_rejected_windows:
+                    raise PredictionError(f"{self._source_name()}: every window's prediction was rejected (non-finite output)")
                 raise SourceError(f"{self._source_name()}: no frames could be read")
             if self.pending_source_rows:
                 self.writer.flush()
@@ -737,15 +817,25 @@ class StreamingReconstructor:
         except KeyboardInterrupt:
             interrupted = True
             status = "interrupted"
-            log.warning("interrupted: stopping after the last committed window")
+            log.info("interrupted: stopping after the last committed window")  # the CLI says so in one line
         finally:
             try:
+                if self.ahead is not None:
+                    self.ahead.close()  # drops a window still in flight (not committed)
+                    self.ahead = None
                 if self.writer is not None:
                     self.writer.close()
+            except BaseException:
+                status = "failed"  # a queued write failed: the store stays at its last commit
+                raise
             finally:
                 if self.store is not None:
                     try:
                         self.store.set_status(status, timings=self._timings(t_start))
+                    except StoreError as exc:
+                        if status == "complete":
+                            raise
+                        log.info("%s: could not record the run status %r (%s)", self.out, status, exc)  # the first error is raised
                     finally:
                         self.store.close()
         self.summary.status = status
@@ -755,16 +845,36 @@ class StreamingReconstructor:
             raise KeyboardInterrupt
         return self.summary
 
+    def _flush_windows(self, buffer: list[Frame], n_carry: int, source_desc: dict) -> tuple[list[Frame], int]:
+        """Process every frame of ``buffer`` beyond the carry, and the window still in flight (predict-ahead)."""
+        while len(buffer) > n_carry or (self.ahead is not None and self.ahead.pending is not None):
+            if len(buffer) > n_carry:
+                buffer, n_carry = self._run_window(buffer, n_carry, source_desc)
+            else:
+                buffer, n_carry = self.ahead.finish(buffer, n_carry, source_desc)
+        return buffer, n_carry
+
     def _source_name(self) -> str:
         return str(self.source_arg) if isinstance(self.source_arg, (str, Path)) else "frame iterator"
 
-    def _run_window(self, buffer: list[Frame], n_carry: int, source_desc: dict) -> tuple[list[Frame], int]:
-        """Process ``buffer`` (retrying smaller on out-of-memory); return the next buffer and its carry count."""
+    def _run_window(self, buffer: list[Frame], n_carry: int, source_desc: dict,
+                    first_prediction: Optional[Callable[[], Prediction]] = None) -> tuple[list[Frame], int]:
+        """Process ``buffer`` (retrying smaller on out-of-memory); return the next buffer and its carry count.
+
+        With ``predict_ahead`` the window is handed to streaming/overlap.py, which calls back here with
+        ``first_prediction``: the window's prediction made ahead, used by the first attempt only.
+        """
+        if self.ahead is not None and first_prediction is None:
+            return self.ahead.run_window(buffer, n_carry, source_desc)
         while True:
+            window = buffer[: max(self.chunk_size, n_carry + 1)]
+            prediction, first_prediction = first_prediction, None
             try:
-                window = buffer[: max(self.chunk_size, n_carry + 1)]
-                self._process_window(window, n_carry, source_desc)
+                self._process_window(window, n_carry, source_desc, prediction)
                 break
+            except RejectedWindow as exc:
+                self._reject_window(window, n_carry, str(exc))
+                return buffer[len(window):], 0  # no carry: the next window starts a new segment
             except Da3StreamError:
                 raise
             except Exception as exc:  # noqa: BLE001 - only out-of-memory is retried
@@ -772,16 +882,49 @@ class StreamingReconstructor:
                     raise
                 smaller = shrink_chunk_size(self.chunk_size, self.cfg.overlap)
                 if smaller >= self.chunk_size:
-                    raise
+                    raise PredictionError(
+                        f"out of memory with a window of {len(window)} frames, the smallest this overlap "
+                        f"({self.cfg.overlap}) allows; lower overlap, model.process_res or use a smaller model"
+                    ) from None
                 log.warning("out of memory with %d frames; retrying with chunk_size=%d", self.chunk_size, smaller)
                 self.chunk_size = smaller
                 self.summary.chunk_size = smaller
                 self.timer.add("oom_retries", 1)
-                _free_accelerator_memory()
+            _free_accelerator_memory()  # outside the except block: the traceback no longer pins tensors
         rest = buffer[len(window):]
         overlap = min(self.cfg.overlap, len(window))
         carry = window[len(window) - overlap:] if overlap else []
         return carry + rest, len(carry)
+
+    def _record_skipped(self, src, cursor: int, before: Optional[int], last_read: int) -> int:
+        """Append the source's skipped frames with index < ``before`` (all for None) to the source log.
+
+        Frames at or below ``last_read`` were logged before a resume. Returns the new cursor into ``src.skipped``.
+        """
+        skipped = getattr(src, "skipped", [])
+        while cursor < len(skipped) and (before is None or skipped[cursor][0] < before):
+            index, reason = skipped[cursor]
+            cursor += 1
+            if index > last_read:
+                self.pending_source_rows.append((int(index), float("nan"), False, _skip_code(reason)))
+                self.summary.n_skipped += 1
+        return cursor
+
+    def _reject_window(self, window: list[Frame], n_carry: int, reason: str) -> None:
+        """Drop a window whose prediction is unusable: log its new frames as skipped; the next window starts a new segment."""
+        from da3stream.io.store import SkipReason
+
+        new = {f.index for f in window[n_carry:]}
+        code = int(SkipReason.PREDICTION_REJECTED)
+        self.pending_source_rows = [(i, t, False, code) if i in new else (i, t, k, r)
+                                    for i, t, k, r in self.pending_source_rows]
+        log.warning("%s; the window's %d new frames are skipped and the next window starts a new segment", reason, len(new))
+        self.summary.n_skipped += len(new)
+        self.summary.n_keyframes -= len(new)
+        self._n_rejected_windows += 1
+        self.timer.add("rejected_windows", 1)
+        self.carry = None
+        self._segment_reason = "previous_window_rejected"
 
     def _timings(self, t_start: float) -> dict:
         out = {k: round(v, 4) for k, v in self.timer.seconds.items()}
@@ -790,6 +933,86 @@ class StreamingReconstructor:
             out["write_busy"] = round(self.writer.busy_seconds, 4)
             out["write_wait"] = round(self.writer.wait_seconds, 4)
         return out
+
+
+class RejectedWindow(PredictionError):
+    """A window's prediction is unusable as a whole (non-finite cameras, no finite depth); the run goes on without it."""
+
+
+def _check_finite_cameras(pred: Prediction, frames: list[Frame]) -> None:
+    """Raise :class:`RejectedWindow` when camera poses or intrinsics hold NaN/inf (after the shape checks pass)."""
+    arrays = {name: getattr(pred, name) for name in ("world_from_cam", "intrinsics")}
+    if all(isinstance(a, np.ndarray) and a.dtype.kind == "f" and np.all(np.isfinite(a)) for a in arrays.values()):
+        return
+    placeholders = {k: (np.zeros_like(a) if isinstance(a, np.ndarray) and a.dtype.kind == "f" else a) for k, a in arrays.items()}
+    dataclasses.replace(pred, **placeholders).validate(len(frames))  # a shape or dtype violation still raises
+    names = ", ".join(k for k, a in arrays.items() if not np.all(np.isfinite(a)))
+    raise RejectedWindow(f"window of frames {frames[0].index}-{frames[-1].index}: predicted {names} contain NaN or inf")
+
+
+def _creation_incomplete(out: Path) -> bool:
+    """True when ``out`` holds no store a run could resume: missing, empty, or a creation that was killed.
+
+    Only directories that are certainly ours qualify: nothing but the writer lock file, or a root
+    ``zarr.json`` with the da3stream format name but no format version (written last at creation).
+    """
+    import json
+
+    from da3stream.io.store_layout import FORMAT_NAME
+    from da3stream.io.zarr_util import LOCK_NAME
+
+    if not out.exists():
+        return True
+    if not out.is_dir():
+        return False
+    if all(p.name == LOCK_NAME for p in out.iterdir()):
+        return True
+    try:
+        doc = json.loads((out / "zarr.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    attrs = doc.get("attributes") if isinstance(doc, dict) else None
+    return isinstance(attrs, dict) and attrs.get("format") == FORMAT_NAME and "format_version" not in attrs
+
+
+def _discard_incomplete_store(out: Path) -> None:
+    """Remove what a killed store creation left (see :func:`_creation_incomplete`), unless a writer holds it."""
+    import shutil
+
+    from da3stream.io.zarr_util import WriterLock
+
+    if not out.exists():
+        return
+    lock = WriterLock(out)
+    if not lock.acquire():
+        raise StoreError(f"{out}: another process is writing this store")
+    try:
+        shutil.rmtree(out)
+    except OSError as exc:
+        raise StoreError(f"{out}: cannot remove the incomplete store ({exc.strerror or exc})") from None
+    finally:
+        lock.release()
+
+
+CUT_HIST_BINS = (8, 4, 4)
+"""Hue x saturation x value bins of the scene-cut colour histogram (value keeps grey video testable)."""
+
+
+def _colour_change(a: np.ndarray, b: np.ndarray) -> float:
+    """Bhattacharyya distance (0 same .. 1 disjoint) between the HSV histograms of two ``(H, W, 3) uint8`` RGB images.
+
+    Motion inside one scene moves pixels but keeps their colours; a hard cut replaces them.
+    """
+    hists = [cv2.calcHist([cv2.cvtColor(np.ascontiguousarray(im), cv2.COLOR_RGB2HSV)], [0, 1, 2], None,
+                          list(CUT_HIST_BINS), [0, 180, 0, 256, 0, 256]) for im in (a, b)]
+    return float(cv2.compareHist(hists[0], hists[1], cv2.HISTCMP_BHATTACHARYYA))
+
+
+def _skip_code(reason: str) -> int:
+    """``source/skipped_reason`` code of a source's skip message (wrong-size frames are invalid, the rest undecodable)."""
+    from da3stream.io.store import SkipReason
+
+    return int(SkipReason.INVALID if "aspect ratio" in reason else SkipReason.DECODE_ERROR)
 
 
 def _accepts_kwarg(fn: Callable, name: str) -> bool:
