@@ -16,6 +16,7 @@ SUBCOMMANDS = {
     "pipeline": "end-to-end run vs model-only on the same windows",
     "retrieval": "place-recognition search cost as the index grows",
     "bag": "ROS bag / MCAP reading rate and peak memory while streaming",
+    "killresume": "SIGKILL a run at random moments, resume it, compare with the uninterrupted run",
 }
 
 

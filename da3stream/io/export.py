@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 StoreLike = Union[RunStore, str, os.PathLike]
 
-__all__ = ["export_kitti", "export_ply", "export_tum", "full_trajectory", "trajectory"]
+__all__ = ["export_kitti", "export_ply", "export_tum", "full_trajectory", "pose_segments", "trajectory"]
 
 
 @contextmanager
@@ -83,7 +83,8 @@ def full_trajectory(store_or_path: StoreLike, keyframes_only: bool = False, ever
         if (extra & ~inside).any():
             log.info("%d dropped frames lie outside the keyframes' time span and get no pose", int((extra & ~inside).sum()))
         ts_d, idx_d = src["timestamp"][inside], src["index"][inside]
-        after = np.clip(np.searchsorted(ts_k, ts_d, side="right"), 1, ts_k.shape[0] - 1) if ts_k.shape[0] > 1 else np.zeros(ts_d.shape[0], np.int64)
+        after = np.searchsorted(ts_k, ts_d, side="right")  # first keyframe later than the frame
+        after = np.clip(after, 1, ts_k.shape[0] - 1) if ts_k.shape[0] > 1 else np.zeros_like(after)
         before = np.maximum(after - 1, 0)
         span = ts_k[after] - ts_k[before]
         weight = np.clip(np.divide(ts_d - ts_k[before], span, out=np.zeros_like(ts_d), where=span > 0), 0.0, 1.0)
@@ -98,22 +99,66 @@ def full_trajectory(store_or_path: StoreLike, keyframes_only: bool = False, ever
 
 def export_tum(store_or_path: StoreLike, path: Union[str, os.PathLike], *, keyframes_only: bool = False, every: int = 1) -> int:
     """Write the trajectory as TUM (real timestamps; see :func:`full_trajectory`); return the pose count."""
-    ts, world_from_cam, _, _ = full_trajectory(store_or_path, keyframes_only, every)
+    with _opened(store_or_path) as store:
+        ts, world_from_cam, index, _ = full_trajectory(store, keyframes_only, every)
+        segments = pose_segments(store, index)
     if ts.shape[0] == 0:
         raise ExportError(f"{path}: the store has no committed frames to export")
-    write_tum(path, ts, world_from_cam)
+    write_tum(path, ts, world_from_cam, segments=segments)
     log.info("wrote %d poses to %s", ts.shape[0], path)
     return int(ts.shape[0])
 
 
 def export_kitti(store_or_path: StoreLike, path: Union[str, os.PathLike], *, keyframes_only: bool = False, every: int = 1) -> int:
     """Write the trajectory as KITTI poses (time order; see :func:`full_trajectory`); return the pose count."""
-    ts, world_from_cam, _, _ = full_trajectory(store_or_path, keyframes_only, every)
+    with _opened(store_or_path) as store:
+        ts, world_from_cam, index, _ = full_trajectory(store, keyframes_only, every)
+        segments = pose_segments(store, index)
     if ts.shape[0] == 0:
         raise ExportError(f"{path}: the store has no committed frames to export")
     write_kitti(path, world_from_cam)
+    _write_segments_sidecar(path, segments)
     log.info("wrote %d poses to %s", ts.shape[0], path)
     return int(ts.shape[0])
+
+
+def pose_segments(store_or_path: StoreLike, index: np.ndarray) -> np.ndarray:
+    """(N,) int32 trajectory segment of each pose of source ``index`` (N,): that of the last stored keyframe at or before it.
+
+    Segments split the trajectory where a window could not be aligned to the previous one (a scene cut, a
+    rejected prediction, a failed alignment); poses of different segments share no common frame.
+    """
+    with _opened(store_or_path) as store:
+        frames = store.frames_table()
+        segment = store.chunks_table()["segment"]
+    index = np.asarray(index, np.int64)
+    if frames["index"].shape[0] == 0:
+        return np.zeros(index.shape[0], np.int32)
+    order = np.argsort(frames["index"], kind="stable")
+    pos = np.clip(np.searchsorted(frames["index"][order], index, side="right") - 1, 0, None)
+    return segment[frames["chunk_id"][order]][pos].astype(np.int32)
+
+
+def _write_segments_sidecar(path: Union[str, os.PathLike], segments: np.ndarray) -> None:
+    """KITTI files have no comments: with several segments, ``<path>.segments.json`` lists where each starts."""
+    import json
+
+    from da3stream.io.trajectory import segment_starts
+
+    sidecar = f"{os.fspath(path)}.segments.json"
+    starts = sorted(segment_starts(segments, segments.shape[0]))
+    if not starts:
+        if os.path.exists(sidecar):
+            os.remove(sidecar)  # a stale one from an earlier export would mislead
+        return
+    bounds = starts + [int(segments.shape[0])]
+    doc = {"poses": int(segments.shape[0]),
+           "segments": [{"segment": int(segments[a]), "first_pose": a, "poses": b - a} for a, b in zip(bounds, bounds[1:])]}
+    try:
+        with open(sidecar, "w", encoding="utf-8") as f:
+            json.dump(doc, f, indent=1)
+    except OSError as exc:
+        raise ExportError(f"{sidecar}: cannot write ({exc.strerror or exc})") from None
 
 
 def export_ply(store_or_path: StoreLike, path: Union[str, os.PathLike], voxel: Optional[float] = None,

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Union
+from typing import Optional, Union
 
 import numpy as np
 from scipy.spatial.transform import Rotation
@@ -33,10 +33,14 @@ QUAT_NORM_TOL = 1e-3
 """Quaternions whose norm differs from 1 by more than this are rejected on read."""
 
 
-def write_tum(path: PathLike, timestamps: np.ndarray, world_from_cam: np.ndarray) -> None:
+def write_tum(path: PathLike, timestamps: np.ndarray, world_from_cam: np.ndarray,
+              segments: Optional[np.ndarray] = None) -> None:
     """Write ``timestamps`` (N,) float64 s and rigid ``world_from_cam`` (N, 4, 4) as a TUM file.
 
-    Quaternions are normalised with ``qw >= 0``.
+    Quaternions are normalised with ``qw >= 0``. ``segments``: optional (N,) int
+    trajectory segment of each pose; when there are several, a ``# segment K
+    starts`` comment line precedes the first pose of each (TUM readers, evo's
+    included, skip ``#`` lines).
     """
     ts = np.asarray(timestamps, dtype=np.float64)
     poses = np.asarray(world_from_cam, dtype=np.float64)
@@ -46,7 +50,8 @@ def write_tum(path: PathLike, timestamps: np.ndarray, world_from_cam: np.ndarray
     quat_xyzw = Rotation.from_matrix(poses[:, :3, :3]).as_quat() if len(poses) else np.zeros((0, 4))
     quat_xyzw = np.where(quat_xyzw[:, 3:4] < 0, -quat_xyzw, quat_xyzw)
     rows = np.concatenate([ts[:, None], poses[:, :3, 3], quat_xyzw], axis=1)
-    _write_rows(path, rows, "# timestamp tx ty tz qx qy qz qw  (world_from_cam, quat_xyzw)\n")
+    _write_rows(path, rows, "# timestamp tx ty tz qx qy qz qw  (world_from_cam, quat_xyzw)\n",
+                segment_starts(segments, ts.shape[0]))
 
 
 def read_tum(path: PathLike) -> tuple[np.ndarray, np.ndarray]:
@@ -100,8 +105,21 @@ def _check_rigid(path: PathLike, poses: np.ndarray) -> None:
         raise ExportError(f"{path}: a pose's last row is not [0, 0, 0, 1]")
 
 
-def _write_rows(path: PathLike, rows: np.ndarray, header: str) -> None:
-    text = header + "".join(" ".join(repr(float(v)) for v in row) + "\n" for row in rows)
+def segment_starts(segments: Optional[np.ndarray], n: int) -> dict[int, str]:
+    """``{pose position: "# segment K starts\\n"}`` where (N,) int ``segments`` changes; {} for one segment or None."""
+    if segments is None:
+        return {}
+    seg = np.asarray(segments)
+    check_shape("segments", seg, (n,), "iu")
+    if n == 0 or np.all(seg == seg[0]):
+        return {}
+    starts = np.flatnonzero(np.concatenate([[True], seg[1:] != seg[:-1]]))
+    return {int(i): f"# segment {int(seg[i])} starts\n" for i in starts}
+
+
+def _write_rows(path: PathLike, rows: np.ndarray, header: str, comments: Optional[dict[int, str]] = None) -> None:
+    comments = comments or {}
+    text = header + "".join(comments.get(i, "") + " ".join(repr(float(v)) for v in row) + "\n" for i, row in enumerate(rows))
     p = Path(path)
     tmp = p.with_name(p.name + ".partial")
     try:

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from da3stream.alignment.points import unproject_depth
 from da3stream.errors import check_shape
 
 
@@ -73,13 +72,16 @@ def fuse_window(
     c = np.asarray(conf[:, ::s, ::s], np.float32)
     K = np.array(intrinsics, dtype=np.float64, copy=True)
     K[:, :2, :] /= s  # pixel (u, v) on the strided grid is (s*u, s*v) on the full grid
-    pts = unproject_depth(d, K, chunk_from_cam)
-    valid = np.isfinite(d) & (d > 0) & np.isfinite(c) & np.all(np.isfinite(pts), axis=-1)
+    valid = np.isfinite(d) & (d > 0) & np.isfinite(c)
     if not valid.any():
         return empty_points()
     thr = np.quantile(c[valid], conf_quantile) if conf_quantile > 0 else -np.inf
     keep = valid & (c >= thr)
-    xyz = pts[keep].astype(np.float64)
+    xyz = _unproject_pixels(d, K, np.asarray(chunk_from_cam, np.float64), keep)
+    finite = np.all(np.isfinite(xyz), axis=1)
+    if not finite.all():  # only with non-finite cameras (the pipeline rejects those windows)
+        keep[keep] = finite
+        xyz = xyz[finite]
     cf = c[keep]
     if rgb is not None:
         col = np.asarray(rgb[:, ::s, ::s])[keep].astype(np.float64)
@@ -89,19 +91,16 @@ def fuse_window(
         return empty_points()
     vox = voxel_size if voxel_size > 0 else float(np.median(d[keep])) * voxel_fraction_of_depth
     vox = max(vox, 1e-12)
-    inv, counts = _voxel_ids(np.floor(xyz / vox).astype(np.int64))
+    inv, counts, order, starts = _voxel_groups(np.floor(xyz / vox).astype(np.int64))
     m = counts.shape[0]
     sum_xyz = np.stack([np.bincount(inv, weights=xyz[:, k], minlength=m) for k in range(3)], axis=1)
     sum_col = np.stack([np.bincount(inv, weights=col[:, k], minlength=m) for k in range(3)], axis=1)
-    order = np.lexsort((cf, inv))  # by voxel, then confidence: the last entry per voxel is its best
-    last = np.r_[np.flatnonzero(np.diff(inv[order])), inv.size - 1]
-    best = cf[order][last].astype(np.float32)
+    best = np.maximum.reduceat(cf[order], starts).astype(np.float32)  # the best confidence per voxel
     out_xyz = sum_xyz / counts[:, None]
     out_col = sum_col / counts[:, None]
     if m > max_points:
-        order = np.lexsort((-best, -counts))[:max_points]  # most observations first, then confidence
-        order.sort()
-        out_xyz, out_col, best = out_xyz[order], out_col[order], best[order]
+        sel = _top_voxels(counts, best, max_points)  # most observations first, then confidence
+        out_xyz, out_col, best = out_xyz[sel], out_col[sel], best[sel]
     return FusedPoints(
         out_xyz.astype(np.float32),
         np.clip(np.rint(out_col), 0, 255).astype(np.uint8),
@@ -109,17 +108,85 @@ def fuse_window(
     )
 
 
+def _unproject_pixels(depth: np.ndarray, intrinsics: np.ndarray, chunk_from_cam: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """Chunk-frame points (P, 3) float64 of the ``keep`` (N, h, w) pixels of ``depth`` (N, h, w), in pixel order.
+
+    The same arithmetic as :func:`~da3stream.alignment.points.unproject_depth` (rounded to
+    float32 like it), on the selected pixels only: fusion keeps about half of them.
+    """
+    n, h, w = depth.shape
+    K_inv = np.linalg.inv(intrinsics)
+    R_t = np.swapaxes(chunk_from_cam[:, :3, :3], 1, 2)
+    v_all, u_all = np.divmod(np.arange(h * w), w)
+    out = []
+    for i in range(n):
+        sel = np.flatnonzero(keep[i].ravel())
+        pix = np.empty((sel.size, 3), np.float64)
+        pix[:, 0] = u_all[sel]
+        pix[:, 1] = v_all[sel]
+        pix[:, 2] = 1.0
+        rays = pix @ K_inv[i].T
+        rays /= rays[:, 2:3]
+        rays *= depth[i].ravel()[sel, None].astype(np.float64)
+        out.append(rays @ R_t[i] + chunk_from_cam[i, :3, 3])
+    return np.concatenate(out).astype(np.float32).astype(np.float64)
+
+
+def _top_k_first(key: np.ndarray, k: int) -> np.ndarray:
+    """Sorted indices of the ``k`` largest ``key`` values, ties going to the lower index (O(n))."""
+    if k >= key.size:
+        return np.arange(key.size)
+    cut = np.partition(key, key.size - k)[key.size - k]  # the k-th largest value
+    above = np.flatnonzero(key > cut)
+    tied = np.flatnonzero(key == cut)[: k - above.size]
+    return np.sort(np.concatenate([above, tied]))
+
+
+def _top_voxels(counts: np.ndarray, best: np.ndarray, k: int) -> np.ndarray:
+    """Sorted ids of the ``k`` voxels with the most points, ties broken by best confidence, then by id.
+
+    Same selection as ``np.sort(np.lexsort((-best, -counts))[:k])`` in linear time.
+    """
+    cut = np.partition(counts, counts.size - k)[counts.size - k]
+    above = np.flatnonzero(counts > cut)
+    tied = np.flatnonzero(counts == cut)
+    pick = tied[_top_k_first(best[tied], k - above.size)]
+    return np.sort(np.concatenate([above, pick]))
+
+
+def _voxel_groups(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Group points by voxel: ids (P,), counts (M,), an order (P,) sorting points by voxel, group starts (M,).
+
+    Voxel ids are numbered in increasing packed-key order (as ``np.unique`` numbers them).
+    """
+    packed = _pack_keys(keys)
+    order = np.argsort(packed)  # within-voxel order is irrelevant to every use
+    sorted_keys = packed[order]
+    new_group = np.empty(sorted_keys.size, bool)
+    new_group[:1] = True
+    np.not_equal(sorted_keys[1:], sorted_keys[:-1], out=new_group[1:])
+    starts = np.flatnonzero(new_group)
+    counts = np.diff(np.append(starts, sorted_keys.size))
+    inv = np.empty(sorted_keys.size, np.int64)
+    inv[order] = np.cumsum(new_group) - 1
+    return inv, counts, order, starts
+
+
+def _pack_keys(keys: np.ndarray) -> np.ndarray:
+    """One int64 per integer voxel coordinate (P, 3): 21 bits each, or a row-wise rank for huge extents."""
+    k = keys - keys.min(axis=0)
+    span = k.max(axis=0) + 1 if k.size else np.ones(3, np.int64)
+    if np.all(span < (1 << 21)):
+        return (k[:, 0] << 42) | (k[:, 1] << 21) | k[:, 2]
+    _, inv = np.unique(k, axis=0, return_inverse=True)  # a huge extent relative to the voxel
+    return inv.reshape(-1).astype(np.int64)
+
+
 def _voxel_ids(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Dense voxel ids (P,) and counts (M,) for integer voxel coordinates (P, 3).
 
     The three coordinates are packed into one int64 (21 bits each after shifting
-    to non-negative), which makes the grouping a 1-D ``np.unique``.
+    to non-negative), which makes the grouping a 1-D sort.
     """
-    k = keys - keys.min(axis=0)
-    span = k.max(axis=0) + 1 if k.size else np.ones(3, np.int64)
-    if np.all(span < (1 << 21)):
-        packed = (k[:, 0] << 42) | (k[:, 1] << 21) | k[:, 2]
-        _, inv, counts = np.unique(packed, return_inverse=True, return_counts=True)
-    else:  # a huge extent relative to the voxel: fall back to row-wise unique
-        _, inv, counts = np.unique(k, axis=0, return_inverse=True, return_counts=True)
-    return inv.reshape(-1), counts
+    inv, counts, _, _ = _voxel_groups(keys)
+    return inv, counts

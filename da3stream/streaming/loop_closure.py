@@ -59,6 +59,7 @@ time or thread timing.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
@@ -66,13 +67,14 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from da3stream.alignment.place_recognition import DescriptorIndex, suppress_pairs
-from da3stream.alignment.points import resample_to_grid, sample_correspondences, unproject_depth
+from da3stream.alignment.points import points_from_rays, resample_to_grid, sample_correspondences, unproject_depth
 from da3stream.alignment.pose_graph import Edge, optimize_pose_graph
 from da3stream.alignment.registration import pose_based_estimate, quality_gate, register, transform_disagreement
 from da3stream.alignment.sim3 import Sim3
 from da3stream.config import AlignConfig, LoopConfig
 from da3stream.core.types import FrameBatch, Prediction, Predictor
 from da3stream.errors import AlignmentError, ConfigError, Da3StreamError, ShapeError, check_shape
+from da3stream.streaming.planner import is_out_of_memory
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +83,7 @@ __all__ = ["LoopEdge", "FrameData", "WindowContext", "LoopUpdate", "LoopCloser",
 _STATUS_OK = 0  # chunks/status codes (see docs/STORE.md)
 _STATUS_GATED = 1
 _FETCH_BATCH = 32
+_CANDIDATES_PER_POINT = 16  # pixel stride of verification: candidates per kept correspondence
 
 
 def canonical_sim3(T: Sim3) -> Sim3:
@@ -192,7 +195,7 @@ class _SeqEdge:
 class _Verified:
     """A candidate that passed the registration gates, waiting for the consistency decision."""
 
-    pos: int  # position in the window's edge list
+    pos: int  # position in the window's edge list (-1 until placed)
     edge: LoopEdge
     world_from_j_loop: Sim3  # window j's world pose implied by the loop
     trans_err: float
@@ -215,10 +218,17 @@ class LoopCloser:
     def __init__(self, loop_cfg: LoopConfig, align_cfg: AlignConfig, predictor: Predictor, *, seed: int = 0) -> None:
         if loop_cfg.graph_kernel not in ("huber", "cauchy"):
             raise ConfigError(f"loop.graph_kernel must be huber or cauchy, got {loop_cfg.graph_kernel!r}")
+        if loop_cfg.index_backend not in ("exact", "ivf", "auto"):
+            raise ConfigError(f"loop.index_backend must be exact, ivf or auto, got {loop_cfg.index_backend!r}")
+        if loop_cfg.max_verifications < 0 or loop_cfg.window_half < 1 or loop_cfg.max_scale_ratio < 1.0:
+            raise ConfigError("loop: need max_verifications >= 0, window_half >= 1 and max_scale_ratio >= 1")
         self.cfg = loop_cfg
         self.align = align_cfg
         self.predictor = predictor
         self.seed = int(seed)
+        self._reset()
+
+    def _reset(self) -> None:
         self._index: Optional[DescriptorIndex] = None
         self._entry_chunk = np.zeros(0, dtype=np.int64)
         self._seq: dict[int, _SeqEdge] = {}  # j -> edge (j-1, j)
@@ -270,7 +280,8 @@ class LoopCloser:
         if len(ctx.prediction) != n:
             raise ShapeError(f"WindowContext.prediction: expected {n} frames, got {len(ctx.prediction)}")
         if len(ctx.world_from_chunk) != c + 1:
-            raise ShapeError(f"WindowContext.world_from_chunk: expected {c + 1} entries, got {len(ctx.world_from_chunk)}")
+            raise ShapeError(
+                f"WindowContext.world_from_chunk: expected {c + 1} entries, got {len(ctx.world_from_chunk)}")
         if c not in self._odom:
             self.add_node(c, ctx.world_from_chunk[c])
         if ctx.descriptors is None:
@@ -282,14 +293,15 @@ class LoopCloser:
         check_shape("WindowContext.descriptors", desc, (n, None), "f")
         if n == 0:
             return LoopUpdate()
-        if n:
-            self._first_row.setdefault(c, int(rows[0]))
-            self._unit.setdefault(c, _median_depth(_as_stored(ctx.prediction.depth[0])))
-        dists = self._frame_distances(c, ctx.prediction.world_from_cam)
+        # Nothing is committed until the end, so a window the pipeline retries (out of memory) starts clean.
+        dists, last = self._frame_distances(c, ctx.prediction.world_from_cam)
         index = self._ensure_index(desc.shape[1])
+        self._unit[c] = _median_depth(_as_stored(ctx.prediction.depth[0]))  # overwritten if the window is retried
 
         edges, new_world, report = self._close_loops(ctx, desc, dists, index) if len(index) else ([], None, None)
 
+        self._first_row[c] = int(rows[0])
+        self._last_centre, self._last_dist = last
         index.add(desc, ctx.timestamps, dists, ctx.indices, rows)
         self._entry_chunk = np.concatenate([self._entry_chunk, np.full(n, c, dtype=np.int64)])
         return LoopUpdate(edges=edges, world_from_chunk=new_world, graph_report=report)
@@ -307,7 +319,7 @@ class LoopCloser:
                 ``i_from_j`` a Sim3 or its (8,) array).
             world_from_chunk: current ``world_from_chunk`` per window (only its length is used).
         """
-        self.__init__(self.cfg, self.align, self.predictor, seed=self.seed)
+        self._reset()
         cfp = np.asarray(chunk_rows["chunk_from_prev"], dtype=np.float64)
         n_chunks = cfp.shape[0]
         if len(world_from_chunk) != n_chunks:
@@ -318,6 +330,8 @@ class LoopCloser:
         chunk_id = np.asarray(frame_rows["chunk_id"], dtype=np.int64)
         chunk_from_cam = np.asarray(frame_rows["chunk_from_cam"], dtype=np.float64)
         desc = frame_rows.get("descriptor")
+        if desc is None and chunk_id.size:
+            log.warning("loop closure restore: the frames table has no descriptors; the place index restarts empty")
         times = np.asarray(frame_rows["timestamp"], dtype=np.float64)
         indices = np.asarray(frame_rows["index"], dtype=np.int64)
         for c in range(n_chunks):
@@ -332,7 +346,7 @@ class LoopCloser:
             if sel.size == 0:
                 continue
             self._first_row[c] = int(sel[0])
-            dists = self._frame_distances(c, chunk_from_cam[sel])
+            dists, (self._last_centre, self._last_dist) = self._frame_distances(c, chunk_from_cam[sel])
             if desc is not None:
                 index = self._ensure_index(np.asarray(desc).shape[1])
                 index.add(np.asarray(desc)[sel], times[sel], dists, indices[sel], sel.astype(np.int64))
@@ -349,16 +363,18 @@ class LoopCloser:
             )
         return self._index
 
-    def _frame_distances(self, c: int, chunk_from_cam: np.ndarray) -> np.ndarray:
-        """(n,) travelled distance along the odometry trajectory at each new frame of window ``c``."""
+    def _frame_distances(self, c: int, chunk_from_cam: np.ndarray):
+        """``(dists (n,), (last_centre, last_dist))``: travelled distance along the odometry trajectory
+        at each new frame of window ``c``, and the running state after them (not committed here)."""
         centres = self._odom[c].apply(np.asarray(chunk_from_cam, dtype=np.float64)[:, :3, 3])
         out = np.empty(centres.shape[0])
+        last, dist = self._last_centre, self._last_dist
         for k, p in enumerate(centres):
-            if self._last_centre is not None:
-                self._last_dist += float(np.linalg.norm(p - self._last_centre))
-            self._last_centre = p
-            out[k] = self._last_dist
-        return out
+            if last is not None:
+                dist += float(np.linalg.norm(p - last))
+            last = p
+            out[k] = dist
+        return out, (last, dist)
 
     def _close_loops(self, ctx: WindowContext, desc: np.ndarray, dists: np.ndarray, index: DescriptorIndex):
         cfg = self.cfg
@@ -398,14 +414,14 @@ class LoopCloser:
             if isinstance(outcome, LoopEdge):
                 edges.append(outcome)
             else:
-                verified.append(_Verified(len(edges), *outcome[1:]))
-                edges.append(outcome[0])
+                verified.append(dataclasses.replace(outcome, pos=len(edges)))
+                edges.append(outcome.edge)
         accepted_pos = self._decide(verified, edges)
         if not accepted_pos:
             return edges, None, None
         new_world, report, outliers = self._optimise(ctx, [edges[p] for p in accepted_pos])
-        for p in accepted_pos:
-            if edges[p] in outliers:
+        for k, p in enumerate(accepted_pos):
+            if k in outliers:
                 edges[p] = _replace(edges[p], accepted=False, reason="graph_outlier")
         return edges, new_world, report
 
@@ -435,7 +451,8 @@ class LoopCloser:
         return sorted(accepted)
 
     def _verify(self, ctx: WindowContext, entry: int, qi: int, base: dict, travel_q: float):
-        """Run and check one loop window; a rejected :class:`LoopEdge`, or ``(edge, fields of _Verified)``."""
+        """Run and check one loop window: a rejected :class:`LoopEdge`, or a :class:`_Verified` awaiting
+        the consistency decision."""
         cfg, index = self.cfg, self._index
         chunk_i, c = base["chunk_i"], int(ctx.chunk_id)
         same = np.flatnonzero(self._entry_chunk == chunk_i)
@@ -457,7 +474,8 @@ class LoopCloser:
         batch = FrameBatch(
             images=images,
             indices=np.concatenate([np.asarray(old.indices, np.int64), np.asarray(ctx.indices, np.int64)[new_pos]]),
-            timestamps=np.concatenate([np.asarray(old.timestamps, np.float64), np.asarray(ctx.timestamps, np.float64)[new_pos]]),
+            timestamps=np.concatenate([np.asarray(old.timestamps, np.float64),
+                                       np.asarray(ctx.timestamps, np.float64)[new_pos]]),
         )
         try:
             loop_pred = self.predictor.predict(batch)
@@ -467,15 +485,21 @@ class LoopCloser:
         except Da3StreamError as exc:
             log.warning("loop %d-%d: loop window prediction failed (%s)", chunk_i, c, exc)
             return _unverified(base, "predict_failed")
+        except Exception as exc:  # noqa: BLE001 - only running out of memory is survivable here
+            if not is_out_of_memory(exc):
+                raise
+            log.warning("loop %d-%d: out of memory on the loop window; candidate skipped", chunk_i, c)
+            return _unverified(base, "out_of_memory")
         k_old = len(old_pos)
-        halves = (
-            (slice(0, k_old), old.depth, old.conf, old.intrinsics, old.chunk_from_cam, 0),
-            (slice(k_old, len(batch)), ctx.prediction.depth[new_pos], ctx.prediction.conf[new_pos],
-             ctx.prediction.intrinsics[new_pos], ctx.prediction.world_from_cam[new_pos], 1),
-        )
+        cur = ctx.prediction.subset(new_pos)
+        # Stored frames have no ray map: their points come from depth, intrinsics and pose.
+        stored = Prediction(depth=np.asarray(old.depth, np.float32), conf=np.asarray(old.conf, np.float32),
+                            world_from_cam=np.asarray(old.chunk_from_cam, np.float64),
+                            intrinsics=np.asarray(old.intrinsics, np.float64))
+        halves = ((slice(0, k_old), stored, 0), (slice(k_old, len(batch)), cur, 1))
         results = []
-        for sel, depth, conf, K, chunk_from_cam, half in halves:
-            result, reason = self._register_half(loop_pred.subset(sel), depth, conf, K, chunk_from_cam,
+        for sel, chunk_half, half in halves:
+            result, reason = self._register_half(loop_pred.subset(sel), chunk_half,
                                                  [self.seed, c, base["frame_i"], base["frame_j"], half])
             if reason:
                 if result is None:
@@ -501,22 +525,24 @@ class LoopCloser:
         depth_q = _median_depth(ctx.prediction.depth[qi]) * W_j.s
         travel = abs(travel_q - float(index.distances[entry]))
         bound_abs = cfg.max_translation_abs * depth_q if np.isfinite(depth_q) else 0.0
-        return edge, edge, W_j_loop, trans_err, rot_err, scale_ratio, bound_abs, travel
+        return _Verified(-1, edge, W_j_loop, trans_err, rot_err, scale_ratio, bound_abs, travel)
 
-    def _register_half(self, loop_half: Prediction, depth, conf, K, chunk_from_cam, seed_key):
-        """``(result, reason)``: the ``loop_from_chunk`` registration of one half and ``""``, or a
-        rejection token (``result`` is None when no estimate exists)."""
+    def _register_half(self, loop_half: Prediction, chunk_half: Prediction, seed_key):
+        """``(result, reason)``: the ``loop_from_chunk`` registration of one half (the loop window's
+        prediction of some frames against the same frames' prediction in their own window) and ``""``,
+        or a rejection token (``result`` is None when no estimate exists)."""
         a = self.align
+        n, h, w = chunk_half.depth.shape
+        # Every stride-th pixel: about 16 candidates per kept correspondence (as the sequential alignment).
+        stride = max(1, int(np.sqrt(n * h * w / max(_CANDIDATES_PER_POINT * a.max_points, 1))))
         try:
-            pts_loop = unproject_depth(loop_half.depth, loop_half.intrinsics, loop_half.world_from_cam)
-            pts_chunk = unproject_depth(np.asarray(depth, np.float32), np.asarray(K, np.float64),
-                                        np.asarray(chunk_from_cam, np.float64))
+            pts_loop, c_loop, d_loop = _points(loop_half, stride)
+            pts_chunk, c_chunk, d_chunk = _points(chunk_half, stride)
             corr = sample_correspondences(
-                pts_loop, loop_half.conf, loop_half.depth, pts_chunk, np.asarray(conf, np.float32),
+                pts_loop, c_loop, d_loop, pts_chunk, c_chunk, depth_b=d_chunk,
                 max_points=a.max_points, conf_quantile=a.conf_quantile, rng=np.random.default_rng(seed_key),
             )
-            pose_est = pose_based_estimate(loop_half.world_from_cam, np.asarray(chunk_from_cam, np.float64),
-                                           loop_half.depth, np.asarray(depth, np.float32))
+            pose_est = pose_based_estimate(loop_half.world_from_cam, chunk_half.world_from_cam, d_loop, d_chunk)
             mode = a.mode if a.mode in ("sim3", "se3", "scale") else "sim3"
             result = register(
                 corr.dst, corr.src, corr.weight, corr.depth_dst, mode=mode, kernel=a.kernel,
@@ -575,9 +601,10 @@ class LoopCloser:
                 continue
             w = cfg.gated_weight if e.gated else 1.0
             seq_edges.append(Edge(j - 1, j, e.i_from_j, self._information(e.inlier_ratio, e.residual, units[j], w)))
-        removed: list[LoopEdge] = []
-        candidates = list(new_loops)
-        for _attempt in range(2):
+        removed: list[int] = []  # positions in new_loops
+        kept = list(range(len(new_loops)))
+        while True:  # each pass drops one new loop, so this ends
+            candidates = [new_loops[k] for k in kept]
             loops = self._loops + candidates
             loop_edges = [
                 Edge(L.chunk_i, L.chunk_j, L.i_from_j,
@@ -590,21 +617,26 @@ class LoopCloser:
                 list(ctx.world_from_chunk), edges, fixed=fixed, kernel=cfg.graph_kernel, kernel_scale=cfg.huber_delta,
             )
             w_new = result.edge_weights[len(seq_edges) + len(self._loops):]
-            bad = [L for L, w in zip(candidates, w_new) if w < cfg.min_graph_weight]
-            if not bad:
+            worst = int(np.argmin(w_new))
+            if not w_new[worst] < cfg.min_graph_weight:
                 break
-            removed += bad
-            candidates = [L for L in candidates if L not in bad]
-            if not candidates:
+            # Drop only the worst: a gross outlier can drag a good loop's weight down with it.
+            removed.append(kept[worst])
+            kept = [k for k in kept if k != kept[worst]]
+            if not kept:
                 log.info("window %d: every new loop was a pose-graph outlier; no correction", ctx.chunk_id)
-                return None, _report(result, len(seq_edges), len(self._loops), removed, applied=False), removed
+                report = _report(result, len(seq_edges), len(self._loops), [new_loops[k] for k in removed],
+                                 applied=False)
+                return None, report, set(removed)
         self._loops += candidates
         new_world = [canonical_sim3(T) for T in result.world_from_node]
         log.info(
             "window %d: %d loop(s) closed; pose graph %d nodes, %d edges, cost %.4g -> %.4g in %d iterations",
-            ctx.chunk_id, len(candidates), n_nodes, len(edges), result.initial_cost, result.final_cost, result.iterations,
+            ctx.chunk_id, len(candidates), n_nodes, len(edges), result.initial_cost, result.final_cost,
+            result.iterations,
         )
-        return new_world, _report(result, len(seq_edges), len(self._loops), removed, applied=True), removed
+        report = _report(result, len(seq_edges), len(self._loops), [new_loops[k] for k in removed], applied=True)
+        return new_world, report, set(removed)
 
 
 # ---------------------------------------------------------------------- helpers
@@ -615,8 +647,6 @@ def _unverified(base: dict, reason: str) -> LoopEdge:
 
 
 def _replace(edge: LoopEdge, **kw: Any) -> LoopEdge:
-    import dataclasses
-
     return dataclasses.replace(edge, **kw)
 
 
@@ -641,6 +671,21 @@ def _median_depth(depth: np.ndarray) -> float:
 def _angle_deg(R: np.ndarray) -> float:
     c = (np.trace(R) - 1.0) / 2.0
     return float(np.degrees(np.arccos(np.clip(c, -1.0, 1.0))))
+
+
+def _points(pred: Prediction, stride: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(points (n, h', w', 3), conf, depth)`` of every ``stride``-th pixel, in the prediction's chunk frame.
+
+    Points come from the ray map when it is on the depth grid (DA3's ray head is the more precise
+    geometry), otherwise from depth, intrinsics and camera pose (sub-grid pixel u' = u / stride).
+    """
+    d = pred.depth[:, ::stride, ::stride]
+    c = pred.conf[:, ::stride, ::stride]
+    if pred.rays is not None and pred.rays.shape[1:3] == pred.depth.shape[1:3]:
+        return points_from_rays(pred.rays[:, ::stride, ::stride], d), c, d
+    K = np.array(pred.intrinsics, dtype=np.float64, copy=True)
+    K[:, :2, :] /= stride
+    return unproject_depth(d, K, pred.world_from_cam), c, d
 
 
 def _to_grid(pred: Prediction, grid: tuple) -> Prediction:

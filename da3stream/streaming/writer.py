@@ -27,6 +27,7 @@ class AsyncWriter:
     def __init__(self, max_pending: int = 2, *, threaded: bool = True) -> None:
         self._threaded = threaded and max_pending > 0
         self._error: Optional[BaseException] = None
+        self._failed = False  # after a failed write no later one is applied (it would build on the missing one)
         self.busy_seconds = 0.0
         self.wait_seconds = 0.0
         if self._threaded:
@@ -40,12 +41,13 @@ class AsyncWriter:
             try:
                 if item is _STOP:
                     return
-                if self._error is None:
+                if not self._failed:
                     t0 = time.perf_counter()
                     try:
                         item()
                     except BaseException as exc:  # re-raised in the caller
                         self._error = exc
+                        self._failed = True
                     self.busy_seconds += time.perf_counter() - t0
             finally:
                 self._queue.task_done()

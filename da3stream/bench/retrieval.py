@@ -1,0 +1,134 @@
+"""Place-recognition search cost as the descriptor index grows.
+
+``python -m da3stream.bench retrieval [--sizes 1000 10000 100000] [--dim 256]``
+
+Builds a synthetic trajectory of descriptors (places along a path that is
+revisited, each frame a noisy view of its place, like the simulated
+predictor's descriptors), then times one window's search (``--queries``
+frames, exclusion + per-query NMS + top-k, exactly what the loop closer runs)
+at each index size, for each backend. For the IVF backend it also reports
+recall: the fraction of queries whose best IVF result is the exact search's
+best result, and for every backend the place recall: the fraction of queries
+whose best result is a frame of the queried place. Also reports the time to insert all entries (IVF training
+included) and a log-log slope of the fastest query time against index size
+(1 = linear; the minimum is the least disturbed by other load on the machine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+
+from da3stream.alignment.place_recognition import DescriptorIndex
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000, 100000], help="index sizes to measure")
+    parser.add_argument("--dim", type=int, default=256, help="descriptor dimension")
+    parser.add_argument("--queries", type=int, default=4, help="query frames per search (one window)")
+    parser.add_argument("--repeats", type=int, default=20, help="timed searches per size and backend")
+    parser.add_argument("--top-k", type=int, default=5, help="results per query")
+    parser.add_argument("--nms", type=int, default=10, help="NMS radius in frames")
+    parser.add_argument("--backends", nargs="+", default=["exact", "ivf"], choices=["exact", "ivf"])
+    parser.add_argument("--device", default="cpu", help="torch device of the exact search (cpu, cuda, auto)")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def _trajectory(n: int, dim: int, rng: np.random.Generator):
+    """Descriptors of a path over ~n/20 places that is traversed repeatedly, plus frame times."""
+    n_places = max(8, n // 20)
+    places = rng.standard_normal((n_places, dim)).astype(np.float32)
+    places /= np.linalg.norm(places, axis=1, keepdims=True)
+    # Walk along the places in order, restarting at a random place now and then (a revisit).
+    place_of = np.empty(n, dtype=np.int64)
+    p = 0
+    for i in range(n):
+        if rng.random() < 0.002:
+            p = int(rng.integers(n_places))
+        place_of[i] = p
+        if rng.random() < 0.05:
+            p = (p + 1) % n_places
+    noise = rng.standard_normal((n, dim)).astype(np.float32) * (0.6 / np.sqrt(dim))
+    desc = places[place_of] + noise
+    desc /= np.linalg.norm(desc, axis=1, keepdims=True)
+    return desc, places, place_of
+
+
+def run(args: argparse.Namespace) -> dict:
+    torch.set_num_threads(max(1, int(args.threads)))  # the CUDA path; numpy's BLAS follows OMP_NUM_THREADS
+    rng = np.random.default_rng(args.seed)
+    fps = 30.0
+    results = []
+    for size in args.sizes:
+        desc, places, place_of = _trajectory(size, args.dim, rng)
+        times = np.arange(size) / fps
+        dists = np.arange(size) * 0.05
+        frames = np.arange(size, dtype=np.int64)
+        qrng = np.random.default_rng(args.seed + size)
+        # Query places that the index holds outside the exclusion window.
+        visited = np.unique(place_of[: max(1, size - int(30 * fps))])
+        q_place = visited[qrng.integers(visited.size, size=(args.repeats, args.queries))]
+        q_desc = places[q_place] + qrng.standard_normal((args.repeats, args.queries, args.dim)).astype(np.float32) * (
+            0.6 / np.sqrt(args.dim)
+        )
+        q_desc /= np.linalg.norm(q_desc, axis=2, keepdims=True)
+        q_time = np.full(args.queries, size / fps + 1.0)
+        q_dist = np.full(args.queries, size * 0.05 + 1.0)
+        row = {"index_size": int(size)}
+        best = {}
+        for backend in args.backends:
+            index = DescriptorIndex(
+                args.dim, backend=backend, device=args.device, ivf_min_size=min(size, 20000), seed=args.seed
+            )
+            t0 = time.perf_counter()
+            step = 64
+            for a in range(0, size, step):
+                sl = slice(a, a + step)
+                index.add(desc[sl], times[sl], dists[sl], frames[sl], frames[sl])
+            build = time.perf_counter() - t0
+            kwargs = dict(top_k=args.top_k, min_similarity=0.0, exclude_seconds=20.0, exclude_distance=0.0,
+                          nms_radius=args.nms)
+            index.search(q_desc[0], q_time, q_dist, **kwargs)  # warm-up
+            elapsed = []
+            tops = []
+            for r in range(args.repeats):
+                t0 = time.perf_counter()
+                cand = index.search(q_desc[r], q_time, q_dist, **kwargs)
+                elapsed.append(time.perf_counter() - t0)
+                top = np.full(args.queries, -1, dtype=np.int64)
+                for qi in range(args.queries):
+                    hit = np.flatnonzero(cand.query == qi)
+                    if hit.size:
+                        top[qi] = cand.entry[hit[0]]
+                tops.append(top)
+            best[backend] = np.stack(tops)
+            row[backend] = {
+                "query_ms_min": 1e3 * float(np.min(elapsed)),
+                "query_ms_median": 1e3 * float(np.median(elapsed)),
+                "query_ms_p90": 1e3 * float(np.percentile(elapsed, 90)),
+                "insert_s_total": build,
+                "uses_ivf": bool(index.uses_ivf),
+                "place_recall_at_1": float(np.mean((best[backend] >= 0) & (place_of[best[backend]] == q_place))),
+            }
+        if "exact" in best and "ivf" in best:
+            row["ivf"]["recall_at_1_vs_exact"] = float(np.mean(best["exact"] == best["ivf"]))
+        results.append(row)
+    slopes = {}
+    if len(args.sizes) >= 2:
+        for backend in args.backends:
+            x = np.log([r["index_size"] for r in results])
+            y = np.log([r[backend]["query_ms_min"] for r in results])
+            slopes[backend] = float(np.polyfit(x, y, 1)[0])
+    return {
+        "dim": args.dim,
+        "queries_per_search": args.queries,
+        "top_k": args.top_k,
+        "device": args.device,
+        "threads": torch.get_num_threads(),
+        "results": results,
+        "loglog_slope_query_time_vs_size": slopes,
+    }

@@ -1,0 +1,191 @@
+"""Predict-ahead (streaming/overlap.py): the same run, the same predictor calls, errors propagated, real overlap."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from da3stream.core.simulated import SimParams, SimulatedPredictor
+from da3stream.io.store import RunStore
+from da3stream.streaming.overlap import SerializedPredictor
+from da3stream.streaming.pipeline import reconstruct
+from da3stream.synthetic import make_sequence
+
+HW = (48, 64)
+DEPTH_HW = (24, 32)
+CFG = {"chunk_size": 16, "overlap": 4, "loop.enabled": False, "keyframes.enabled": False, "fusion.pixel_stride": 8}
+LOOP_CFG = {"chunk_size": 16, "overlap": 4, "loop.enabled": True, "loop.exclude_seconds": 1.5,
+            "keyframes.enabled": True, "fusion.pixel_stride": 8}
+
+
+@pytest.fixture(scope="module")
+def seq():
+    return make_sequence("demo", n_frames=60, width=HW[1], height=HW[0])
+
+
+@pytest.fixture(scope="module")
+def loop_seq():
+    return make_sequence("robot_loop", n_frames=120, width=HW[1], height=HW[0])
+
+
+def sim(seq) -> SimulatedPredictor:
+    return SimulatedPredictor(seq, depth_hw=DEPTH_HW, params=SimParams(), seed=0)
+
+
+def frames_of(seq) -> list:
+    """A re-iterable source; the simulator reads ground truth by frame index."""
+    return [(np.zeros(HW + (3,), np.uint8), float(t)) for t in seq.timestamps]
+
+
+class Recording:
+    """Records every call (first and last frame index, thread, start/end time); ``hook`` may spoil or raise."""
+
+    def __init__(self, inner, hook=None, delay_s: float = 0.0) -> None:
+        self.inner, self.hook, self.delay_s = inner, hook, delay_s
+        self.model_id = inner.model_id
+        self.calls: list[tuple[int, int]] = []
+        self.threads: set[str] = set()
+        self.spans: list[tuple[float, float]] = []
+        self._active = 0
+        self.max_active = 0
+
+    def predict(self, batch):
+        t0 = time.perf_counter()
+        self._active += 1
+        self.max_active = max(self.max_active, self._active)
+        try:
+            self.calls.append((int(batch.indices[0]), int(batch.indices[-1])))
+            self.threads.add(threading.current_thread().name)
+            pred = self.inner.predict(batch)
+            if self.delay_s:
+                time.sleep(self.delay_s)
+            if self.hook is not None:
+                pred = self.hook(batch, len(self.calls), pred) or pred
+            return pred
+        finally:
+            self._active -= 1
+            self.spans.append((t0, time.perf_counter()))
+
+
+def assert_identical_stores(a_path, b_path) -> None:
+    """Every committed array of two stores is bit-identical (frames, depth, chunks, map, source log, loops)."""
+    a, b = RunStore.open(a_path, "r"), RunStore.open(b_path, "r")
+    for table in ("frames_table", "chunks_table", "source_table", "loops_table"):
+        ta, tb = getattr(a, table)(), getattr(b, table)()
+        assert ta.keys() == tb.keys(), table
+        for k in ta:
+            np.testing.assert_array_equal(ta[k], tb[k], err_msg=f"{table}[{k}]")
+    rows = slice(None)
+    np.testing.assert_array_equal(a.depth(rows), b.depth(rows))
+    for world in (False, True):
+        pa, pb = a.map_points(world=world), b.map_points(world=world)
+        for x, y in zip(pa, pb):
+            np.testing.assert_array_equal(x, y)
+    assert a.status == b.status == "complete"
+
+
+def run(seq, out, cfg, ahead: int, hook=None, delay_s: float = 0.0, images: bool = False):
+    pred = Recording(sim(seq), hook, delay_s)
+    source = list(zip(seq.images(), seq.timestamps.tolist())) if images else frames_of(seq)
+    summary = reconstruct(source, out, predictor=pred, config={**cfg, "predict_ahead": ahead})
+    return pred, summary
+
+
+def test_predict_ahead_gives_the_serial_run_bit_for_bit_with_loop_closure(tmp_path, loop_seq):
+    serial, s0 = run(loop_seq, tmp_path / "serial.zarr", LOOP_CFG, 0, images=True)
+    ahead, s1 = run(loop_seq, tmp_path / "ahead.zarr", LOOP_CFG, 1, images=True)
+    assert s0.n_loops > 0, "the scenario must close loops (the loop closer predicts from the main thread)"
+    assert_identical_stores(tmp_path / "serial.zarr", tmp_path / "ahead.zarr")
+    assert (s1.n_frames, s1.n_chunks, s1.n_loops) == (s0.n_frames, s0.n_chunks, s0.n_loops)
+    assert sorted(ahead.calls) == sorted(serial.calls)  # loop windows may interleave with the worker's
+    assert any(name.startswith("da3stream-predict") for name in ahead.threads)
+    assert ahead.max_active == 1, "two forwards ran at once"
+
+
+def spoil_window_with(frame: int):
+    def hook(batch, call, pred):
+        if frame in batch.indices:
+            pred.world_from_cam[0, 0, 3] = np.nan  # rejected: the next window starts a new segment
+        return pred
+    return hook
+
+
+def oom_above(limit: int, from_call: int):
+    import torch
+
+    def hook(batch, call, pred):
+        if call >= from_call and len(batch) > limit:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    return hook
+
+
+@pytest.mark.parametrize("fault", ["rejected", "out_of_memory"])
+def test_faults_take_the_serial_path_with_the_same_predictor_calls(tmp_path, seq, fault):
+    hook = spoil_window_with(30) if fault == "rejected" else oom_above(12, from_call=3)
+    serial, s0 = run(seq, tmp_path / "serial.zarr", CFG, 0, hook)
+    ahead, s1 = run(seq, tmp_path / "ahead.zarr", CFG, 1, hook)
+    assert ahead.calls == serial.calls  # nothing predicted speculatively, nothing dropped
+    if fault == "rejected":
+        assert s1.n_segments == 2 and s1.n_skipped == 12
+    else:
+        assert s1.chunk_size == 10 and s1.timings["oom_retries"] == 1
+    assert_identical_stores(tmp_path / "serial.zarr", tmp_path / "ahead.zarr")
+
+
+def test_worker_exception_propagates_and_the_worker_stops(tmp_path, seq):
+    class Broken(RuntimeError):
+        pass
+
+    def hook(batch, call, pred):
+        if call == 3:
+            raise Broken("the network failed")
+
+    with pytest.raises(Broken, match="the network failed"):
+        run(seq, tmp_path / "x.zarr", CFG, 1, hook)
+    st = RunStore.open(tmp_path / "x.zarr", "r")
+    assert st.n_chunks == 2 and st.status == "failed"  # the windows before the failure are committed
+    time.sleep(0.05)
+    assert not [t for t in threading.enumerate() if t.name.startswith("da3stream-predict")]
+
+
+def test_the_next_window_is_predicted_while_the_previous_one_is_processed(tmp_path, seq):
+    commits: list[float] = []
+
+    def progress(_):
+        commits.append(time.perf_counter())
+
+    pred = Recording(sim(seq), delay_s=0.2)
+    reconstruct(frames_of(seq), tmp_path / "o.zarr", predictor=pred, config={**CFG, "predict_ahead": 1},
+                progress=progress)
+    starts = [s for s, _ in pred.spans]
+    # window k+1 starts predicting before window k is committed (serially it could only start after)
+    assert len(starts) == len(commits) >= 4
+    assert all(starts[k + 1] < commits[k] for k in range(len(commits) - 1))
+
+
+def test_serialized_predictor_runs_one_call_at_a_time_and_forwards_attributes():
+    state = {"active": 0, "max": 0}
+
+    class Inner:
+        device = "cpu"
+
+        def predict(self, batch, **kw):
+            state["active"] += 1
+            state["max"] = max(state["max"], state["active"])
+            time.sleep(0.01)
+            state["active"] -= 1
+            return batch, kw
+
+    p = SerializedPredictor(Inner())
+    threads = [threading.Thread(target=lambda: [p.predict(i, k=i) for i in range(5)]) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert state["max"] == 1
+    assert p.device == "cpu" and p.predict(1, k=2) == (1, {"k": 2})
+    with pytest.raises(AttributeError):
+        p.no_such_attribute
