@@ -212,6 +212,8 @@ class Config:
     """Lower bound on the derived chunk size."""
     max_chunk_size: int = 120
     """Upper bound on the derived chunk size."""
+    min_process_res: int = 252
+    """Lowest network resolution (longest side) the memory planner lowers model.process_res to when gpu_mem_gb cannot hold min_chunk_size views."""
     seed: int = 0
     """Seed for every random choice the engine makes."""
     predict_ahead: int = 1

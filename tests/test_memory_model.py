@@ -148,3 +148,13 @@ def test_bad_arguments():
         estimate_peak_bytes("small", 4, 280, 504, "int8")
     with pytest.raises(ConfigError, match="budget"):
         max_views_for_budget("small", 280, 504, "float32", "cpu", 0)
+
+
+def test_benchmark_input_sizes():
+    from da3stream.bench.model import network_hw_for
+
+    assert network_hw_for(504, "4:3") == (378, 504)
+    assert network_hw_for(504, "16:9") == (280, 504)
+    assert network_hw_for(280, "3:4") == (280, 210)
+    with pytest.raises(ConfigError, match="aspect"):
+        network_hw_for(504, "wide")

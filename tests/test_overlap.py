@@ -189,3 +189,100 @@ def test_serialized_predictor_runs_one_call_at_a_time_and_forwards_attributes():
     assert p.device == "cpu" and p.predict(1, k=2) == (1, {"k": 2})
     with pytest.raises(AttributeError):
         p.no_such_attribute
+
+
+# --------------------------------------------------------------------------- the memory planner
+
+
+class PlannerStub:
+    """What the planner reads from a DA3 predictor, without a network."""
+
+    def __init__(self, preset: str, process_res: int = 504, dtype: str = "bfloat16", device: str = "cuda") -> None:
+        self.preset, self.process_res, self.dtype, self.device = preset, process_res, dtype, device
+        self.process_res_method = "upper_bound_resize"
+
+    def network_hw(self, image_hw):
+        from da3stream.core.preprocess import network_hw
+
+        return network_hw(image_hw, self.process_res, self.process_res_method)
+
+
+def _peak_gib(preset, views, res, image_hw=(720, 1280)):
+    from da3stream.core.memory_model import estimate_peak_bytes
+    from da3stream.core.preprocess import network_hw
+
+    h, w = network_hw(image_hw, res)
+    return estimate_peak_bytes(preset, views, h, w, "bfloat16", "cuda") / 2**30
+
+
+@pytest.mark.parametrize("preset", ["small", "large", "giant"])
+@pytest.mark.parametrize("budget_gib", [4.0, 8.0])
+def test_planned_window_is_the_largest_that_fits_the_budget(preset, budget_gib):
+    from da3stream.config import load_config
+    from da3stream.streaming.planner import plan_window
+
+    cfg = load_config({"gpu_mem_gb": budget_gib})
+    plan = plan_window(cfg, PlannerStub(preset), (720, 1280))
+    assert plan.process_res is None and cfg.min_chunk_size <= plan.chunk_size <= cfg.max_chunk_size
+    assert _peak_gib(preset, plan.chunk_size, 504) <= budget_gib
+    if plan.chunk_size < cfg.max_chunk_size:
+        assert _peak_gib(preset, plan.chunk_size + 1, 504) > budget_gib
+
+
+def test_planner_lowers_the_resolution_when_min_chunk_size_does_not_fit():
+    from da3stream.config import load_config
+    from da3stream.streaming.planner import plan_window
+
+    budget = (_peak_gib("large", 16, 378) + _peak_gib("large", 16, 392)) / 2  # 16 views fit at 378 px, not at 392
+    cfg = load_config({"gpu_mem_gb": budget})
+    plan = plan_window(cfg, PlannerStub("large"), (720, 1280))
+    assert plan.process_res == 378 and plan.chunk_size >= cfg.min_chunk_size
+    assert _peak_gib("large", plan.chunk_size, 378) <= budget
+    floor = plan_window(load_config({"gpu_mem_gb": budget, "min_process_res": 448}), PlannerStub("large"), (720, 1280))
+    assert floor.process_res == 448 and floor.chunk_size == cfg.min_chunk_size  # never below min_process_res
+    user = plan_window(load_config({"gpu_mem_gb": budget, "chunk_size": 40}), PlannerStub("large"), (720, 1280))
+    assert (user.chunk_size, user.process_res) == (40, None)  # a user-set chunk_size is kept, and the resolution
+
+
+def test_lowered_resolution_is_used_recorded_and_kept_on_resume(tmp_path):
+    from da3stream.core.da3_predictor import random_predictor
+    from da3stream.core.memory_model import estimate_peak_bytes
+    from da3stream.core.preprocess import network_hw
+
+    seq = make_sequence("demo", n_frames=24, width=160, height=96)
+    source = list(zip(seq.images(), seq.timestamps.tolist()))
+
+    def peak(res):
+        h, w = network_hw((96, 160), res)
+        return estimate_peak_bytes("small", 8, h, w, "float32", "cpu")
+
+    budget = (peak(112) + peak(126)) / 2 / 2**30  # 8 views fit at 112 px, not at 126
+    cfg = {"gpu_mem_gb": budget, "min_chunk_size": 8, "overlap": 2, "min_process_res": 84, "loop.enabled": False,
+           "keyframes.enabled": False, "source.max_frames": 12}
+    class StopsAfterOneWindow:
+        """The DA3 predictor, interrupted (Ctrl-C) at its second window."""
+
+        def __init__(self, inner):
+            self.inner, self.calls = inner, 0
+
+        process_res = property(lambda self: self.inner.process_res,
+                               lambda self, v: setattr(self.inner, "process_res", v))
+
+        def predict(self, batch):
+            self.calls += 1
+            if self.calls == 2:
+                raise KeyboardInterrupt
+            return self.inner.predict(batch)
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+    pred = random_predictor("small", process_res=140, device="cpu")
+    with pytest.raises(KeyboardInterrupt):
+        reconstruct(source, tmp_path / "r.zarr", predictor=StopsAfterOneWindow(pred), config=cfg)
+    st = RunStore.open(tmp_path / "r.zarr", "r")
+    assert st.attrs_get("planned_process_res") == 112 and pred.process_res == 112 and st.n_chunks == 1
+    assert tuple(st.depth_hw) == network_hw((96, 160), 112)
+    fresh = random_predictor("small", process_res=140, device="cpu")
+    s = reconstruct(source, tmp_path / "r.zarr", predictor=fresh, config=cfg, resume=True)
+    assert fresh.process_res == 112 and s.status == "complete" and s.n_frames == 12 and 8 <= s.chunk_size < 12

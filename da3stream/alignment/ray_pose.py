@@ -71,6 +71,7 @@ def pose_from_rays(rays: np.ndarray, depth_hw: tuple[int, int], ray_conf: np.nda
         if np.linalg.det(Rt) < 0:
             raise AlignmentError(f"pose_from_rays: frame {i} rays imply a reflection")
         K = K / K[2, 2]
+        K[0, 1] = 0.0  # a pinhole camera has no skew; the fit leaves ~1e-6 px of numerical skew
         poses[i, :3, :3] = Rt.T
         poses[i, :3, 3] = np.average(r[ok, :3], axis=0, weights=wts[ok])
         Ks[i] = K

@@ -6,6 +6,17 @@ length, each in a fresh subprocess so peak RSS is that run's own. Reports
 engine frames/s with the predictor's own time subtracted, per-stage seconds,
 peak RSS, and store bytes per frame; and the ratio of peak RSS between the
 longest and the shortest run (flat memory means a ratio near 1).
+
+A sampler thread (:mod:`da3stream.bench.sampler`) records RSS, CPU time and
+committed frames during each run: ``rss`` compares the RSS between 10% and 100%
+of the run (``rss_growth``, 1.0 = flat), ``cost_per_frame`` the CPU (and wall)
+seconds per frame of the last 20% of the run with the first 20% after a 10%
+warm-up (1.0 = constant per-frame cost, loop retrieval included). CPU figures
+are reported beside wall time because wall time on a shared machine measures the
+load: ``engine_cpu_ms_per_frame`` (process CPU minus the cached predictor's),
+``main_thread_cpu_ms_per_frame`` and ``fps_bound_two_idle_cores`` (frames per
+second two idle cores could run: the busier of the main thread and half of
+all engine CPU). ``--hour`` runs 108,000 frames (an hour of 30 fps video).
 """
 
 from __future__ import annotations
@@ -22,6 +33,12 @@ from pathlib import Path
 
 def add_arguments(p) -> None:
     p.add_argument("--frames", type=int, nargs="+", default=[2000, 20000], help="run lengths (frames)")
+    p.add_argument("--hour", action="store_true", help="one run of 108,000 frames (an hour at 30 fps)")
+    p.add_argument("--predict-ahead", type=int, default=0, choices=(0, 1),
+                   help="predict in a worker thread (0 keeps the predictor serial so its time subtracts cleanly)")
+    p.add_argument("--sample-interval", type=float, default=0.5, help="seconds between RSS/CPU samples")
+    p.add_argument("--blas-threads", type=int, default=1,
+                   help="OPENBLAS_NUM_THREADS of the workers (the engine's matrices are small: pool threads only spin)")
     p.add_argument("--height", type=int, default=280)
     p.add_argument("--width", type=int, default=504)
     p.add_argument("--bank", type=int, default=120, help="distinct cached predictions replayed")
@@ -51,16 +68,27 @@ def _worker(args) -> dict:
     t0 = time.perf_counter()
     bank = build_bank(args.bank, (args.height, args.width))
     t_bank = time.perf_counter() - t0
-    predictor = CachedPredictor(bank)
+    from da3stream.bench.sampler import ResourceSampler
+
+    predictor = _CpuTimed(CachedPredictor(bank))
     cfg = {"chunk_size": args.chunk_size, "overlap": args.overlap, "keyframes.enabled": False,
-           "loop.enabled": not args.no_loop}
+           "loop.enabled": not args.no_loop, "predict_ahead": args.predict_ahead}
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-    t0 = time.perf_counter()
-    summary = reconstruct(frame_stream(bank, args.worker), args.store, predictor=predictor, config=cfg, overwrite=True)
-    wall = time.perf_counter() - t0
+    sampler = ResourceSampler(args.sample_interval)
+    main_cpu0 = time.thread_time()
+    with sampler:
+        t0 = time.perf_counter()
+        summary = reconstruct(frame_stream(bank, args.worker), args.store, predictor=predictor, config=cfg,
+                              overwrite=True, progress=lambda d: sampler.advance(d["frames"]))
+        wall = time.perf_counter() - t0
+    main_cpu = time.thread_time() - main_cpu0
     t = summary.timings
     engine_s = wall - t.get("predict", 0.0)
     store_bytes = _dir_bytes(Path(args.store))
+    used = sampler.summary()
+    engine_cpu = used["cpu_s"] - predictor.cpu_seconds
+    main_engine_cpu = main_cpu - (predictor.cpu_seconds if not args.predict_ahead else 0.0)
+    n = max(1, args.worker)
     return {
         "frames": args.worker,
         "depth_hw": [args.height, args.width],
@@ -78,25 +106,70 @@ def _worker(args) -> dict:
         "bank_build_seconds": round(t_bank, 2),
         "store_bytes": store_bytes,
         "store_bytes_per_frame": round(store_bytes / max(1, summary.n_frames), 1),
+        "predictor_cpu_seconds": round(predictor.cpu_seconds, 3),
+        "engine_cpu_seconds": round(engine_cpu, 3),
+        "engine_cpu_ms_per_frame": round(1000 * engine_cpu / n, 3),
+        "main_thread_cpu_ms_per_frame": round(1000 * main_engine_cpu / n, 3),
+        "fps_bound_two_idle_cores": round(n / max(main_engine_cpu, engine_cpu / 2), 1),
+        "thread_cpu_seconds": used["thread_cpu_s"],
+        "rss": sampler.rss_flatness(0.1),
+        "cost_per_frame": {"cpu": _rounded(sampler.cost_ratio(0.1, 0.2, "cpu")),
+                           "wall": _rounded(sampler.cost_ratio(0.1, 0.2, "wall"))},
+        "samples": _thin(sampler, 60),
         "n_chunks": summary.n_chunks,
         "n_gated": summary.n_gated,
         "n_loops": summary.n_loops,
     }
 
 
+class _CpuTimed:
+    """Counts the CPU seconds its predictor uses (in whichever thread calls it)."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+        self.cpu_seconds = 0.0
+
+    def predict(self, batch):
+        t0 = time.thread_time()
+        try:
+            return self.inner.predict(batch)
+        finally:
+            self.cpu_seconds += time.thread_time() - t0
+
+    def __getattr__(self, name):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+
+def _rounded(d: dict) -> dict:
+    return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in d.items()}
+
+
+def _thin(sampler, k: int) -> list:
+    """About ``k`` (frames, rss MiB, cpu s, wall s) samples spread over the run."""
+    step = max(1, len(sampler.samples) // k)
+    return [[s.progress, round(s.rss_bytes / 2**20, 1), round(s.cpu_s, 2), round(s.wall_s, 2)]
+            for s in sampler.samples[::step] + sampler.samples[-1:]]
+
+
 def run(args) -> dict:
     if args.worker is not None:
         return _worker(args)
+    if args.hour:
+        args.frames = [108000]
     results = []
     with tempfile.TemporaryDirectory(dir=args.out_dir) as tmp:
         for n in args.frames:
             store = Path(tmp) / f"engine_{n}.zarr"
             cmd = [sys.executable, "-m", "da3stream.bench", "engine", "--worker", str(n), "--store", str(store),
                    "--height", str(args.height), "--width", str(args.width), "--bank", str(args.bank),
-                   "--chunk-size", str(args.chunk_size), "--overlap", str(args.overlap)]
+                   "--chunk-size", str(args.chunk_size), "--overlap", str(args.overlap),
+                   "--predict-ahead", str(args.predict_ahead), "--sample-interval", str(args.sample_interval)]
             if args.no_loop:
                 cmd.append("--no-loop")
-            proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            env = {**os.environ, "OPENBLAS_NUM_THREADS": str(args.blas_threads)}
+            proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
             if proc.returncode != 0:
                 raise RuntimeError(f"engine worker failed ({n} frames): {proc.stderr.strip().splitlines()[-1:]}")
             results.append(json.loads(proc.stdout))

@@ -180,8 +180,8 @@ def _head_elems(a: _Arch, views: int, ph: int, pw: int, head_chunk: int) -> tupl
     full = PATCH * PATCH * p
     # token concat of 4 layers, LayerNorm + reshape copies, level-1 projection/resize and its 3x3 conv
     pyramid = 4 * p * d + 2 * p * d + 2 * a.out_channels[0] * p + a.out_channels[0] * 16 * p + f * 16 * p
-    # refinenet1: residual-unit temporaries at 16P, upsampled map and 1x1 conv at 64P
-    fuse = levels + 3 * f * 16 * p + 2 * f * 64 * p
+    # refinenet1: its input at 16P, the upsampled map and the 1x1 conv output at 64P
+    fuse = levels + f * 16 * p + 2 * f * 64 * p
     # ray branch: fused map + two live convs of the 5-conv stack at 64P
     aux = levels + (f + f + half) * 64 * p
     per_view = max(pyramid, fuse, aux)

@@ -172,7 +172,62 @@ def read_root_attrs(p: Path) -> dict:
         raise StoreError(f"{p}: store metadata is corrupt (commit record missing or incomplete)")
     if not isinstance(attrs.get("arrays"), dict):
         raise StoreError(f"{p}: store metadata is corrupt (array list missing)")
+    problem = _attrs_problem(attrs)
+    if problem:
+        raise StoreError(f"{p}: store metadata is corrupt ({problem})")
     return attrs
+
+
+def _is_count(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _attrs_problem(attrs: dict) -> str:
+    """The first root attribute whose type or value a writer never produces ('' when all are plausible)."""
+    commit = attrs["commit"]
+    for k in COUNTERS + ("id", "pose_epoch"):
+        if not _is_count(commit[k]):
+            return f"commit {k} is {commit[k]!r}"
+    if commit["pose_slot"] not in (0, 1) or isinstance(commit["pose_slot"], bool):
+        return f"commit pose_slot is {commit['pose_slot']!r}"
+    state = commit.get("state")
+    if state is not None:
+        if (not isinstance(state, dict) or state.get("slot") not in (0, 1) or isinstance(state.get("slot"), bool)
+                or not isinstance(state.get("names"), list)
+                or not all(isinstance(n, str) and n.isidentifier() for n in state["names"])
+                or not isinstance(state.get("meta", {}), (dict, type(None)))):
+            return "commit resume state record is malformed"
+    for path, spec in attrs["arrays"].items():
+        if (not isinstance(spec, dict) or spec.get("counter") not in COUNTERS
+                or not isinstance(spec.get("slot"), bool) or not path or path.startswith("/")):
+            return f"array entry {path!r} is malformed"
+    for key in ("image_hw", "depth_hw"):
+        hw = attrs.get(key)
+        if not (isinstance(hw, list) and len(hw) == 2 and all(_is_count(v) and v > 0 for v in hw)):
+            return f"{key} is {hw!r}"
+    for key in ("config", "source", "model"):
+        if not isinstance(attrs.get(key), dict):
+            return f"{key} is not a mapping"
+    for key in ("run", "extra"):
+        if not isinstance(attrs.get(key, {}), dict):
+            return f"{key} is not a mapping"
+    if not isinstance(attrs.get("status"), str):
+        return "status is not a string"
+    dim = attrs.get("descriptor_dim")
+    if dim is not None and not (_is_count(dim) and dim > 0):
+        return f"descriptor_dim is {dim!r}"
+    if not (isinstance(attrs.get("save_rgb"), bool) and isinstance(attrs.get("save_conf"), bool)):
+        return "save_rgb / save_conf are not booleans"
+    comp = attrs.get("compression")
+    if not (isinstance(comp, dict) and _is_count(comp.get("level")) and comp["level"] <= 9):
+        return "compression record is malformed"
+    expected = build_layout(attrs["depth_hw"], dim, attrs["save_rgb"], attrs["save_conf"], 1)
+    want = {a.path: (a.counter, a.slot) for a in expected}
+    got = {path: (spec["counter"], spec["slot"]) for path, spec in attrs["arrays"].items()}
+    if got != want:
+        diff = sorted(set(want.items()) ^ set(got.items()))
+        return f"array list does not match the format-{FORMAT_VERSION} layout (first difference: {diff[0][0]!r})"
+    return ""
 
 
 def as_array(name: str, value: Any, shape: tuple, kind: str, dtype: Any) -> np.ndarray:

@@ -116,19 +116,19 @@ def _unproject_pixels(depth: np.ndarray, intrinsics: np.ndarray, chunk_from_cam:
     """
     n, h, w = depth.shape
     K_inv = np.linalg.inv(intrinsics)
-    R_t = np.swapaxes(chunk_from_cam[:, :3, :3], 1, 2)
-    v_all, u_all = np.divmod(np.arange(h * w), w)
+    R = chunk_from_cam[:, :3, :3]
+    v_all, u_all = np.divmod(np.arange(h * w, dtype=np.float64), w)
     out = []
-    for i in range(n):
+    for i in range(n):  # elementwise: a (P, 3) x (3, 3) BLAS matmul would wake OpenBLAS's spinning threads
         sel = np.flatnonzero(keep[i].ravel())
-        pix = np.empty((sel.size, 3), np.float64)
-        pix[:, 0] = u_all[sel]
-        pix[:, 1] = v_all[sel]
-        pix[:, 2] = 1.0
-        rays = pix @ K_inv[i].T
-        rays /= rays[:, 2:3]
-        rays *= depth[i].ravel()[sel, None].astype(np.float64)
-        out.append(rays @ R_t[i] + chunk_from_cam[i, :3, 3])
+        u, v = u_all[sel], v_all[sel]
+        ray = [K_inv[i, k, 0] * u + K_inv[i, k, 1] * v + K_inv[i, k, 2] for k in range(3)]
+        d = depth[i].ravel()[sel].astype(np.float64) / ray[2]
+        cam = [ray[0] * d, ray[1] * d, ray[2] * d]
+        pts = np.empty((sel.size, 3), np.float64)
+        for j in range(3):
+            pts[:, j] = R[i, j, 0] * cam[0] + R[i, j, 1] * cam[1] + R[i, j, 2] * cam[2] + chunk_from_cam[i, j, 3]
+        out.append(pts)
     return np.concatenate(out).astype(np.float32).astype(np.float64)
 
 

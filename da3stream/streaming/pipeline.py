@@ -37,7 +37,7 @@ from da3stream.core.types import FrameBatch, Prediction, Predictor
 from da3stream.errors import AlignmentError, ConfigError, Da3StreamError, PredictionError, StoreError
 from da3stream.streaming.fusion import FusedPoints, empty_points, fuse_window
 from da3stream.streaming.keyframes import KeyframeFilter
-from da3stream.streaming.planner import is_out_of_memory, plan_chunk_size, shrink_chunk_size
+from da3stream.streaming.planner import is_out_of_memory, plan_window, set_process_res, shrink_chunk_size
 from da3stream.streaming.sources import Frame, open_source, source_options
 from da3stream.streaming.writer import AsyncWriter
 
@@ -183,6 +183,7 @@ class StreamingReconstructor:
             if not _accepts_kwarg(self.predictor.predict, "world_from_cam"):
                 raise ConfigError(f"{self.cfg.source.poses}: the predictor {type(self.predictor).__name__} cannot be conditioned on poses")
         self.ahead = None  # streaming/overlap.py PredictAhead while run() runs with predict_ahead
+        self.planned_process_res: Optional[int] = None  # set when the memory planner lowers model.process_res
         if self.cfg.predict_ahead:
             from da3stream.streaming.overlap import SerializedPredictor
 
@@ -212,7 +213,8 @@ class StreamingReconstructor:
             self.out, config=cfg_dict, model=self.summary.model, source=source_desc, image_hw=image_hw,
             depth_hw=tuple(pred.depth.shape[1:]), descriptor_dim=desc_dim, save_rgb=self.cfg.store.save_rgb,
             save_conf=self.cfg.store.save_conf, compression_level=self.cfg.store.compression_level,
-            overwrite=self.overwrite, attrs={"orig_from_grid": self.orig_from_grid.tolist()},
+            overwrite=self.overwrite, attrs={"orig_from_grid": self.orig_from_grid.tolist(),
+                                             "planned_process_res": self.planned_process_res},
         )
 
     # ------------------------------------------------------------------ prediction
@@ -526,21 +528,22 @@ class StreamingReconstructor:
         """Stored data of committed frames, for loop verification."""
         from da3stream.streaming.loop_closure import FrameData
 
-        self.writer.flush()
         rows = np.asarray(rows, np.int64)
-        table = self.store.frames_table()
-        K_orig = table["intrinsics"][rows]
+        if rows.size and int(rows.max()) >= self.store.n_frames:
+            self.writer.flush()  # only wait for the writer when a requested row is not committed yet
+        table = self.store.frames_table(rows=rows)
+        K_orig = table["intrinsics"]
         grid_from_orig = np.linalg.inv(self.orig_from_grid)
         return FrameData(
             images=self.store.rgb(rows),
             depth=self.store.depth(rows).astype(np.float32),
             conf=(self.store.conf(rows).astype(np.float32) if self.store.has_conf
                   else np.ones((len(rows),) + tuple(self.depth_hw), np.float32)),
-            chunk_from_cam=table["chunk_from_cam"][rows],
+            chunk_from_cam=table["chunk_from_cam"],
             intrinsics=np.einsum("ij,njk->nik", grid_from_orig, K_orig),
-            chunk_id=table["chunk_id"][rows],
-            indices=table["index"][rows],
-            timestamps=table["timestamp"][rows],
+            chunk_id=table["chunk_id"],
+            indices=table["index"],
+            timestamps=table["timestamp"],
         )
 
     # ------------------------------------------------------------------ poses
@@ -670,6 +673,9 @@ class StreamingReconstructor:
         self.depth_hw = tuple(self.store.depth_hw)
         self.image_hw = tuple(self.store.image_hw)
         self.orig_from_grid = np.asarray(self.store.attrs_get("orig_from_grid"), np.float64)
+        self.planned_process_res = self.store.attrs_get("planned_process_res")
+        if self.planned_process_res is not None:  # the memory planner lowered the resolution: keep it
+            set_process_res(self.predictor, int(self.planned_process_res))
         state, meta = self.store.read_state()
         self.chunk_size = int(meta.get("chunk_size", self.chunk_size))  # smaller after an out-of-memory retry
         self.summary.chunk_size = self.chunk_size
@@ -769,7 +775,11 @@ class StreamingReconstructor:
                         continue
                     skip_cursor = self._record_skipped(src, skip_cursor, frame.index, last_read)
                     if self.chunk_size == 0:
-                        self.chunk_size = plan_chunk_size(self.cfg, self.predictor, frame.image.shape[:2])
+                        plan = plan_window(self.cfg, self.predictor, frame.image.shape[:2])
+                        self.chunk_size = plan.chunk_size
+                        if plan.process_res is not None:  # the budget cannot hold min_chunk_size views at full resolution
+                            set_process_res(self.predictor, plan.process_res)
+                            self.planned_process_res = plan.process_res
                         self.summary.chunk_size = self.chunk_size
                         if self.cfg.overlap >= self.chunk_size and self.chunk_size > 1:
                             raise ConfigError(f"overlap ({self.cfg.overlap}) must be smaller than chunk_size ({self.chunk_size})")

@@ -5,13 +5,19 @@ With a DA3 predictor the chunk size comes from the core's memory model
 resolution of the source frames. A simulated or third-party predictor has no
 memory model; then the planner uses :data:`DEFAULT_CHUNK_SIZE`, which is what a
 12 GB budget allows DA3-Large at 504x378 with margin, and says so in the log.
+When the budget cannot hold ``min_chunk_size`` views at the predictor's
+resolution, :func:`plan_window` also lowers the resolution (down to
+``min_process_res``).
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
+from typing import Optional
 
 from da3stream.config import Config
+from da3stream.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -19,6 +25,8 @@ DEFAULT_CHUNK_SIZE = 60
 """Chunk size used when the predictor exposes no memory model."""
 
 GIB = 1024**3
+PATCH = 14
+"""Network patch size: resolutions step by this many pixels."""
 
 
 def plan_chunk_size(cfg: Config, predictor, image_hw: tuple[int, int]) -> int:
@@ -45,6 +53,67 @@ def plan_chunk_size(cfg: Config, predictor, image_hw: tuple[int, int]) -> int:
         log.info("memory planner: predictor has no memory model; using chunk_size=%d", views)
     views = max(cfg.min_chunk_size, min(cfg.max_chunk_size, int(views)))
     return max(views, cfg.overlap + 1)
+
+
+@dataclass(frozen=True)
+class WindowPlan:
+    """What the memory planner decided for a run."""
+
+    chunk_size: int
+    """Frames per window."""
+    process_res: Optional[int]
+    """Network resolution (longest side) to run at, or None to keep the predictor's."""
+    views_at_res: Optional[int]
+    """Views the memory model fits in the budget at that resolution (None without a memory model)."""
+
+
+def plan_window(cfg: Config, predictor, image_hw: tuple[int, int]) -> WindowPlan:
+    """Chunk size and, when needed, a lower network resolution from the GPU memory budget.
+
+    When ``gpu_mem_gb`` cannot hold ``min_chunk_size`` views at the predictor's
+    ``process_res``, the resolution is lowered in steps of one patch (14 px) until it
+    can, but not below ``min_process_res`` (then the windows stay at
+    ``min_chunk_size`` and an out-of-memory error shrinks them further at run time).
+    A user-set ``chunk_size`` is kept as it is, and so is the resolution.
+    """
+    if cfg.chunk_size is not None:
+        return WindowPlan(int(cfg.chunk_size), None, None)
+    res = getattr(predictor, "process_res", None)
+    views = _views_for(cfg, predictor, image_hw, res)
+    if views is None or res is None or views >= cfg.min_chunk_size:
+        return WindowPlan(plan_chunk_size(cfg, predictor, image_hw), None, views)
+    new_res = int(res)
+    while views < cfg.min_chunk_size and new_res - PATCH >= cfg.min_process_res:
+        new_res -= PATCH
+        views = _views_for(cfg, predictor, image_hw, new_res)
+    log.warning("memory planner: %.1f GiB holds fewer than %d views at process_res %d; using process_res %d "
+                "(%d views fit)", cfg.gpu_mem_gb, cfg.min_chunk_size, res, new_res, views)
+    chunk = max(cfg.min_chunk_size, min(cfg.max_chunk_size, int(views)))
+    return WindowPlan(max(chunk, cfg.overlap + 1), new_res if new_res != res else None, views)
+
+
+def _views_for(cfg: Config, predictor, image_hw: tuple[int, int], process_res: Optional[int]) -> Optional[int]:
+    """Views of ``predictor``'s preset that fit ``gpu_mem_gb`` at ``process_res`` (None without a memory model)."""
+    preset = getattr(predictor, "preset", None)
+    if preset is None or process_res is None or not callable(getattr(predictor, "network_hw", None)):
+        return None
+    try:
+        from da3stream.core.memory_model import max_views_for_budget
+        from da3stream.core.preprocess import network_hw
+    except ImportError:
+        return None
+    method = getattr(predictor, "process_res_method", "upper_bound_resize")
+    h, w = network_hw(image_hw, int(process_res), method)
+    return max_views_for_budget(preset, h, w, getattr(predictor, "dtype", "float32"), getattr(predictor, "device", "cpu"),
+                                int(cfg.gpu_mem_gb * GIB))
+
+
+def set_process_res(predictor, process_res: int) -> None:
+    """Run ``predictor`` (or the predictor it wraps) at network resolution ``process_res``."""
+    target = getattr(predictor, "inner", predictor)
+    if not hasattr(target, "process_res"):
+        raise ConfigError(f"the predictor {type(target).__name__} has no process_res to lower")
+    target.process_res = int(process_res)
 
 
 def shrink_chunk_size(chunk_size: int, overlap: int) -> int:

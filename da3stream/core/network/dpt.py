@@ -7,10 +7,13 @@ follow the official checkpoints (``head.*``; the giant's unused Gaussian head
 ``gs_head.*`` is mirrored by :class:`GaussianHeadWeights` so checkpoints load
 strictly).
 
-Views are decoded in micro-batches of ``chunk`` views; results are written
-into preallocated fp32 outputs, so head activations do not grow with the
-number of views. Only the last level of the ray branch is computed (the
-official head computes all four and discards three).
+Views are decoded in micro-batches of ``chunk`` views and the full-resolution
+tail (upsampling, last convs) one view at a time; results are written into
+preallocated fp32 outputs, so head activations do not grow with the number of
+views. Only the last level of the ray branch is computed (the official head
+computes all four and discards three). With autograd off, ReLUs, residual adds
+and position-embedding adds run in place on fresh intermediates (same values,
+fewer temporaries).
 """
 
 from __future__ import annotations
