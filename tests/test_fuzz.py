@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import shutil
+import os
 import tempfile
 from pathlib import Path
 
@@ -19,8 +19,17 @@ from da3stream.config import Config, load_config
 from da3stream.errors import ConfigError, ExportError, StoreError
 from da3stream.io.trajectory import read_kitti, read_tum, write_kitti, write_tum
 
-FUZZ = settings(max_examples=150, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
-"""The CI budget: deterministic examples, no per-example deadline (the machine may be loaded)."""
+LONG_RUN = int(os.environ.get("DA3STREAM_FUZZ_EXAMPLES", "0"))
+"""Set DA3STREAM_FUZZ_EXAMPLES=5000 to fuzz longer with fresh random examples (CI uses the fixed budget below)."""
+
+
+def budget(n: int) -> settings:
+    """The CI budget: ``n`` deterministic examples, no per-example deadline (the machine may be loaded)."""
+    return settings(max_examples=LONG_RUN or n, deadline=None, derandomize=not LONG_RUN,
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+
+
+FUZZ = budget(150)
 
 
 def _field_paths(cls, prefix: str = "") -> list[str]:
@@ -253,8 +262,7 @@ def _mutate(doc, path, new, delete: bool):
     return doc
 
 
-@settings(max_examples=80, deadline=None, derandomize=True,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@budget(80)
 @given(data=st.data())
 def test_store_reader_on_corrupted_metadata(small_store, data):
     """A random attribute of the root zarr.json (or of one array's zarr.json) replaced, deleted, or the file cut or
