@@ -97,7 +97,7 @@ def test_parity_with_official_pipeline(official, rng, n, hw, method):
         "conf": _rel(ref.conf, got.conf),
         "world_from_cam": _rel(cam_from_world_3x4_to_world_from_cam(ref.extrinsics), got.world_from_cam),
         "intrinsics": _rel(ref.intrinsics, got.intrinsics),
-        "rays": _rel(raw["ray"][0].numpy(), got.rays),
+        "rays": _rel(raw["ray"][0].numpy(), np.concatenate([got.rays[..., 3:], got.rays[..., :3]], -1)),  # official [dir, origin]
         "ray_conf": _rel(raw["ray_conf"][0].numpy(), got.ray_conf),
     }
     assert max(errors.values()) <= FP32_REL_TOL, errors

@@ -292,3 +292,30 @@ def test_store_reader_on_corrupted_metadata(small_store, data):
 
 def test_store_reader_reads_the_intact_store(small_store):
     _read_everything(small_store)
+
+
+@pytest.mark.parametrize("where, value", [
+    (("arrays",), {}),
+    (("arrays", "source/kept"), "0"),
+    (("arrays", "source/index", "counter"), None),
+    (("arrays", "source/index", "counter"), []),
+    (("arrays", "frames/chunk_from_cam", "counter"), "<delete>"),
+    (("commit", "n_frames"), "12"),
+    (("commit", "n_chunks"), -1),
+    (("commit", "pose_slot"), 2),
+    (("commit", "state", "names"), [1]),
+    (("depth_hw",), [0, 16]),
+    (("config",), []),
+])
+def test_store_reader_regressions(small_store, where, value):
+    """Corruptions the long fuzz run found (each used to escape as KeyError, TypeError or ValueError)."""
+    target = small_store / "zarr.json"
+    raw = target.read_bytes()
+    doc = json.loads(raw)
+    doc = _mutate(doc, ("attributes",) + where, value, value == "<delete>")
+    target.write_text(json.dumps(doc))
+    try:
+        with pytest.raises(StoreError, match="store metadata is corrupt"):
+            _read_everything(small_store)
+    finally:
+        target.write_bytes(raw)

@@ -286,3 +286,35 @@ def test_lowered_resolution_is_used_recorded_and_kept_on_resume(tmp_path):
     fresh = random_predictor("small", process_res=140, device="cpu")
     s = reconstruct(source, tmp_path / "r.zarr", predictor=fresh, config=cfg, resume=True)
     assert fresh.process_res == 112 and s.status == "complete" and s.n_frames == 12 and 8 <= s.chunk_size < 12
+
+
+# --------------------------------------------------------------------------- device-to-host copies
+
+
+def test_batch_to_host_on_cpu_is_the_plain_copy():
+    import torch
+
+    from da3stream.core.host_copy import batch_to_host
+
+    a = torch.arange(24, dtype=torch.float32).reshape(2, 3, 4)
+    b = torch.arange(6, dtype=torch.bfloat16).reshape(1, 6)
+    to_numpy = batch_to_host([a, None, b])
+    np.testing.assert_array_equal(to_numpy(a), a[0].numpy())
+    assert to_numpy(None) is None and to_numpy(b).dtype == np.float32
+    other = torch.ones(2, 2)
+    np.testing.assert_array_equal(to_numpy(other), np.ones(2))  # not in the batch: copied on demand
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA device")
+def test_batch_to_host_on_cuda_uses_pinned_buffers():
+    import torch
+
+    from da3stream.core.host_copy import batch_to_host
+
+    xs = [torch.randn(3, 64, 64, device="cuda", dtype=dt) for dt in (torch.float32, torch.bfloat16)]
+    to_numpy = batch_to_host(xs)
+    for x in xs:
+        got = to_numpy(x)
+        np.testing.assert_array_equal(got, x[0].float().cpu().numpy())
+        assert torch.from_numpy(got).is_pinned()

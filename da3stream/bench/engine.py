@@ -45,6 +45,9 @@ def add_arguments(p) -> None:
     p.add_argument("--chunk-size", type=int, default=60)
     p.add_argument("--overlap", type=int, default=8)
     p.add_argument("--no-loop", action="store_true", help="disable loop retrieval")
+    p.add_argument("--no-rgb", action="store_true", help="store no RGB (store.save_rgb: false)")
+    p.add_argument("--no-conf", action="store_true", help="store no confidence (store.save_conf: false)")
+    p.add_argument("--store-samples", type=int, default=20, help="store-size samples taken during each run")
     p.add_argument("--out-dir", default=None, help="where the stores go (default: a temporary folder)")
     p.add_argument("--worker", type=int, default=None, help=__import__("argparse").SUPPRESS)
     p.add_argument("--store", default=None, help=__import__("argparse").SUPPRESS)
@@ -72,14 +75,21 @@ def _worker(args) -> dict:
 
     predictor = _CpuTimed(CachedPredictor(bank))
     cfg = {"chunk_size": args.chunk_size, "overlap": args.overlap, "keyframes.enabled": False,
-           "loop.enabled": not args.no_loop, "predict_ahead": args.predict_ahead}
+           "loop.enabled": not args.no_loop, "predict_ahead": args.predict_ahead,
+           "store.save_rgb": not args.no_rgb, "store.save_conf": not args.no_conf}
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     sampler = ResourceSampler(args.sample_interval)
     main_cpu0 = time.thread_time()
     with sampler:
         t0 = time.perf_counter()
+        store_sizes = _StoreSizes(Path(args.store), args.worker, args.store_samples)
+
+        def progress(d: dict) -> None:
+            sampler.advance(d["frames"])
+            store_sizes.maybe_sample(sampler.progress)
+
         summary = reconstruct(frame_stream(bank, args.worker), args.store, predictor=predictor, config=cfg,
-                              overwrite=True, progress=lambda d: sampler.advance(d["frames"]))
+                              overwrite=True, progress=progress)
         wall = time.perf_counter() - t0
     main_cpu = time.thread_time() - main_cpu0
     t = summary.timings
@@ -113,6 +123,7 @@ def _worker(args) -> dict:
         "fps_bound_two_idle_cores": round(n / max(main_engine_cpu, engine_cpu / 2), 1),
         "thread_cpu_seconds": used["thread_cpu_s"],
         "rss": sampler.rss_flatness(0.1),
+        "store_growth": store_sizes.growth(),
         "cost_per_frame": {"cpu": _rounded(sampler.cost_ratio(0.1, 0.2, "cpu")),
                            "wall": _rounded(sampler.cost_ratio(0.1, 0.2, "wall"))},
         "samples": _thin(sampler, 60),
@@ -120,6 +131,29 @@ def _worker(args) -> dict:
         "n_gated": summary.n_gated,
         "n_loops": summary.n_loops,
     }
+
+
+class _StoreSizes:
+    """Store size on disk at ``k`` points of a run (committed frames, bytes)."""
+
+    def __init__(self, path: Path, n_frames: int, k: int) -> None:
+        self.path, self.step, self.points, self._next = path, max(1, n_frames // max(1, k)), [], 0
+
+    def maybe_sample(self, frames: int) -> None:
+        if frames >= self._next:
+            self.points.append((frames, _dir_bytes(self.path)))
+            self._next = frames + self.step
+
+    def growth(self) -> dict:
+        """Bytes per frame over the first and the second half of the samples, and their ratio (1.0 = linear)."""
+        p = self.points
+        if len(p) < 3:
+            return {"samples": len(p)}
+        a, m, b = p[0], p[len(p) // 2], p[-1]
+        first = (m[1] - a[1]) / max(1, m[0] - a[0])
+        second = (b[1] - m[1]) / max(1, b[0] - m[0])
+        return {"samples": len(p), "bytes_per_frame_first_half": round(first, 1),
+                "bytes_per_frame_second_half": round(second, 1), "ratio": round(second / first, 4) if first else None}
 
 
 class _CpuTimed:
@@ -166,8 +200,10 @@ def run(args) -> dict:
                    "--height", str(args.height), "--width", str(args.width), "--bank", str(args.bank),
                    "--chunk-size", str(args.chunk_size), "--overlap", str(args.overlap),
                    "--predict-ahead", str(args.predict_ahead), "--sample-interval", str(args.sample_interval)]
-            if args.no_loop:
-                cmd.append("--no-loop")
+            for flag in ("no_loop", "no_rgb", "no_conf"):
+                if getattr(args, flag):
+                    cmd.append("--" + flag.replace("_", "-"))
+            cmd += ["--store-samples", str(args.store_samples)]
             env = {**os.environ, "OPENBLAS_NUM_THREADS": str(args.blas_threads)}
             proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
             if proc.returncode != 0:

@@ -123,23 +123,33 @@ class ResourceSampler:
         return (np.array([s.progress for s in self.samples], np.int64),
                 np.array([s.rss_bytes for s in self.samples], np.int64))
 
-    def rss_flatness(self, start_fraction: float = 0.1) -> dict:
-        """RSS from ``start_fraction`` of the run's progress to its end.
+    def rss_flatness(self, start_fraction: float = 0.1, part: float = 0.2) -> dict:
+        """RSS early in the run (from ``start_fraction`` of its progress) vs late (the last ``part``).
 
-        Returns ``rss_at_start_mib`` (median RSS over the samples in the first 5% of
-        progress after ``start_fraction``), ``rss_max_mib`` (largest RSS after
-        ``start_fraction``) and their ratio ``rss_growth`` (1.0 = flat).
+        A run's RSS swings by the windows in flight (a prediction, the writer's
+        queue) around a level that must not grow. Returns the median and the peak
+        RSS over progress ``[start_fraction, start_fraction + part]`` and over
+        ``[1 - part, 1]`` (MiB), ``median_growth`` (late median / early median: a
+        leak shows here), ``peak_growth`` (late peak / early peak) and
+        ``max_growth`` (the largest RSS after ``start_fraction`` over the early
+        median). 1.0 = flat.
         """
         prog, rss = self.rss_series()
         total = int(prog.max()) if prog.size else 0
+        early = (prog >= start_fraction * total) & (prog <= (start_fraction + part) * total)
+        late = prog >= (1.0 - part) * total
         after = prog >= start_fraction * total
-        if total == 0 or not after.any():
-            return {"rss_at_start_mib": float("nan"), "rss_max_mib": float("nan"), "rss_growth": float("nan")}
-        first = after & (prog <= (start_fraction + 0.05) * total)
-        base = float(np.median(rss[first])) if first.any() else float(rss[after][0])
-        peak = float(rss[after].max())
-        return {"rss_at_start_mib": round(base / 2**20, 1), "rss_max_mib": round(peak / 2**20, 1),
-                "rss_growth": round(peak / base, 4) if base > 0 else float("nan")}
+        if total == 0 or not early.any() or not late.any():
+            nan = float("nan")
+            return {"early_median_mib": nan, "late_median_mib": nan, "median_growth": nan, "peak_growth": nan,
+                    "max_growth": nan}
+        mib = rss / 2**20
+        e_med, l_med = float(np.median(mib[early])), float(np.median(mib[late]))
+        e_max, l_max = float(mib[early].max()), float(mib[late].max())
+        return {"early_median_mib": round(e_med, 1), "late_median_mib": round(l_med, 1),
+                "early_peak_mib": round(e_max, 1), "late_peak_mib": round(l_max, 1),
+                "median_growth": round(l_med / e_med, 4), "peak_growth": round(l_max / e_max, 4),
+                "max_growth": round(float(mib[after].max()) / e_med, 4)}
 
     def cost_ratio(self, warmup_fraction: float = 0.1, part: float = 0.2, clock: str = "cpu") -> dict:
         """Seconds per unit of progress in the last ``part`` of the run vs the first ``part`` after warm-up.

@@ -336,6 +336,8 @@ class DA3Predictor:
         if conf is None:  # mono/metric heads predict no confidence: every pixel gets the neutral 1
             conf = np.ones_like(depth)
         rays, ray_conf = np32(getattr(out, "ray", None)), np32(getattr(out, "ray_conf", None))
+        if rays is not None:  # the network emits [direction, origin]; Prediction.rays is [origin, direction]
+            rays = np.ascontiguousarray(np.concatenate([rays[..., 3:], rays[..., :3]], -1))
         sky = np32(getattr(out, "sky", None))
         sky = None if sky is None else sky >= self.sky_threshold
         metric = np32(getattr(out, "metric_depth", None))

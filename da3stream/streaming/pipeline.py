@@ -213,6 +213,7 @@ class StreamingReconstructor:
             self.out, config=cfg_dict, model=self.summary.model, source=source_desc, image_hw=image_hw,
             depth_hw=tuple(pred.depth.shape[1:]), descriptor_dim=desc_dim, save_rgb=self.cfg.store.save_rgb,
             save_conf=self.cfg.store.save_conf, compression_level=self.cfg.store.compression_level,
+            pixel_cname=self.cfg.store.pixel_codec,
             overwrite=self.overwrite, attrs={"orig_from_grid": self.orig_from_grid.tolist(),
                                              "planned_process_res": self.planned_process_res},
         )
