@@ -77,6 +77,10 @@ def test_analytic_count_matches_live_tensor_bytes(views, h, w, head_chunk):
     assert abs(est - tracker.peak) / tracker.peak < LIVE_REL_TOL, (est / MIB, tracker.peak / MIB)
 
 
+# Peak RSS of a fresh process varied by up to ~30% between runs on the shared, loaded CI machine
+# (glibc heap growth), so this check runs with -m slow on a quiet machine; the analytic count
+# above is checked against live tensor bytes in every run.
+@pytest.mark.slow
 @pytest.mark.parametrize("views, h, w", [(4, 280, 504), (8, 140, 196), (6, 182, 252)])
 def test_cpu_estimate_matches_peak_rss(views, h, w):
     """Peak-RSS increase of one forward in a fresh process vs the calibrated CPU model."""

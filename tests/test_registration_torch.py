@@ -166,3 +166,22 @@ def test_cuda_equals_numpy():
         init = Sim3(T.s, T.R, T.t) if mode == "scale" else None
         assert_same_result(register(dst, src, w, depth, mode=mode, init=init),
                            register_torch(dst, src, w, depth, mode=mode, init=init, device="cuda"))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_pipeline_aligns_on_cuda_like_on_cpu(tmp_path):
+    from da3stream.core.simulated import SimParams, SimulatedPredictor
+    from da3stream.io.store import RunStore
+    from da3stream.streaming.pipeline import reconstruct
+    from da3stream.synthetic import make_sequence
+
+    seq = make_sequence("demo", n_frames=60, width=64, height=48)
+    cfg = {"chunk_size": 16, "overlap": 4, "loop.enabled": False, "keyframes.enabled": False}
+    poses = {}
+    for device in ("cpu", "cuda"):
+        pred = SimulatedPredictor(seq, depth_hw=(24, 32), params=SimParams(), seed=0)
+        reconstruct(list(zip(seq.images(), seq.timestamps.tolist())), tmp_path / f"{device}.zarr", predictor=pred,
+                    config={**cfg, "align.device": device})
+        poses[device] = RunStore.open(tmp_path / f"{device}.zarr", "r").frames_table()["world_from_cam"]
+    np.testing.assert_allclose(poses["cuda"], poses["cpu"], atol=1e-6)
