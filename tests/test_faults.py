@@ -508,3 +508,29 @@ def test_prediction_contract_violations_still_fail_in_one_line(tmp_path, seq):
     with pytest.raises(PredictionError, match=r"world_from_cam: expected shape") as info:
         reconstruct(frames_of(seq), tmp_path / "s.zarr", predictor=Wrapped(sim(seq), hook), config=CFG)
     assert "\n" not in str(info.value)
+
+
+# --------------------------------------------------------------------------- --resume with nothing to resume
+
+
+def test_resume_with_nothing_committed_starts_a_new_run(tmp_path, seq, reference):
+    """A kill before the first commit leaves no store, or only a lock file / a half-created one: resume starts over."""
+    import zarr
+
+    missing = tmp_path / "never.zarr"
+    lock_only = tmp_path / "lock.zarr"
+    lock_only.mkdir()
+    (lock_only / ".da3stream-writer.lock").touch()
+    half = tmp_path / "half.zarr"
+    zarr.create_group(zarr.storage.LocalStore(half), zarr_format=3, attributes={"format": "da3stream.run"})
+    for out in (missing, lock_only, half):
+        s = reconstruct(frames_of(seq), out, predictor=sim(seq), config=CFG, resume=True)
+        assert s.status == "complete" and not s.resumed
+        assert_same_run(reference, out)
+    # a directory that is not ours is never removed
+    user = tmp_path / "my files"
+    user.mkdir()
+    (user / "notes.txt").write_text("keep me")
+    with pytest.raises(StoreError, match="not a da3stream store"):
+        reconstruct(frames_of(seq), user, predictor=sim(seq), config=CFG, resume=True)
+    assert (user / "notes.txt").read_text() == "keep me"

@@ -319,3 +319,20 @@ def test_store_reader_regressions(small_store, where, value):
             _read_everything(small_store)
     finally:
         target.write_bytes(raw)
+
+
+def test_damaged_resume_state_shape_is_an_error_not_a_hang(small_store):
+    """Found by the long fuzz run: a state array whose zarr.json claims 33 million rows made read_state() hang."""
+    from da3stream.io.store import RunStore
+
+    slot = RunStore.open(small_store).committed["state"]["slot"]
+    target = small_store / "state" / str(slot) / "carry_indices" / "zarr.json"
+    raw = target.read_bytes()
+    doc = json.loads(raw)
+    doc["shape"] = [33083733]
+    target.write_text(json.dumps(doc))
+    try:
+        with pytest.raises(StoreError, match="resume state is missing or corrupt"):
+            RunStore.open(small_store).read_state()
+    finally:
+        target.write_bytes(raw)

@@ -9,9 +9,12 @@ store is opened read-only and every table is read (it must be readable and
 consistent with its commit record). A final resume runs to completion in this
 process, and its trajectory is compared with the reference.
 
-Kill moments are drawn uniformly in ``[0.2, 1.8] x T / (kills + 1)`` seconds
-after the worker is ready (imports done), where ``T`` is the reference run's
-time, so the kills are spread over the whole run: startup, store creation,
+Kill moments are tied to progress, not to wall time (a resuming worker pays a
+start-up cost that a fixed clock would let eat every kill): each kill draws a
+target window count, uniformly over the reference run's windows, waits until
+the store has committed that many (0: right after the worker is ready), then
+waits a further uniform ``[0, 1.5] x`` the reference time per window and kills.
+So kills land at random moments of every stage: start-up, store creation,
 prediction, alignment, loop closure, pose rewrites and commits.
 
 Prints JSON: ``kills``, ``all_equal`` (same frames, every pose within 1e-9,
@@ -37,8 +40,10 @@ import numpy as np
 
 TOLERANCE = 1e-9
 """Largest |pose difference| (float64 entries of world_from_cam) that counts as equal."""
-DELAY_RANGE = (0.2, 1.8)
-"""Kill delay, as a multiple of T / (kills + 1) after the worker is ready."""
+DELAY_WINDOWS = 1.5
+"""After the target commit, the kill comes within this many reference window times."""
+POLL_S = 0.01
+"""How often the parent reads the store's commit record while it waits for the target."""
 READY = "ready"
 """Line a worker prints when its imports are done and it starts reconstructing."""
 WORKER_START_TIMEOUT_S = 120.0
@@ -125,10 +130,12 @@ def kill_resume_trials(workdir: Path, *, kills: int, n_frames: int = 120, preset
     t_ref = time.perf_counter() - t0
 
     rng = np.random.default_rng([seed, kills])
+    per_window = t_ref / max(ref_summary.n_chunks, 1)
+    targets = np.sort(rng.integers(0, max(ref_summary.n_chunks, 1), size=kills))
     trials = []
-    for k in range(kills):
-        delay = float(rng.uniform(*DELAY_RANGE)) * t_ref / (kills + 1)
-        trial = _kill_once(workdir, delay)
+    for target in targets:
+        delay = float(rng.uniform(0.0, DELAY_WINDOWS)) * per_window
+        trial = _kill_once(workdir, Path(scenario.store), int(target), delay)
         trial["store"] = check_store(scenario.store)
         trials.append(trial)
 
@@ -163,8 +170,18 @@ def _build(scenario: Scenario):
     return seq, predictor
 
 
-def _kill_once(workdir: Path, delay: float) -> dict:
-    """Start a resuming worker, SIGKILL it ``delay`` seconds after it is ready; what happened."""
+def _committed_chunks(store: Path) -> int:
+    from da3stream.errors import StoreError
+    from da3stream.io.store_layout import read_root_attrs
+
+    try:
+        return int(read_root_attrs(store)["commit"]["n_chunks"])
+    except (StoreError, OSError):
+        return 0
+
+
+def _kill_once(workdir: Path, store: Path, target: int, delay: float) -> dict:
+    """Start a resuming worker; once ``target`` windows are committed, SIGKILL it ``delay`` s later; what happened."""
     import da3stream
 
     env = dict(os.environ, PYTHONUNBUFFERED="1")
@@ -179,6 +196,8 @@ def _kill_once(workdir: Path, delay: float) -> dict:
             if line != READY:
                 raise RuntimeError(f"killresume worker did not start ({line!r}); see {log_path}")
             t_ready = time.perf_counter()
+            while proc.poll() is None and _committed_chunks(store) < target:
+                time.sleep(POLL_S)
             try:
                 proc.wait(timeout=delay)
                 finished = True
@@ -194,7 +213,8 @@ def _kill_once(workdir: Path, delay: float) -> dict:
                 proc.wait(timeout=30)
             if proc.stdout is not None:
                 proc.stdout.close()
-    return {"delay_s": round(delay, 3), "ran_s": round(time.perf_counter() - t_ready, 3), "finished_before_kill": finished}
+    return {"target_windows": target, "delay_s": round(delay, 3), "ran_s": round(time.perf_counter() - t_ready, 3),
+            "finished_before_kill": finished}
 
 
 def _warm_up(predictor, scenario: Scenario) -> None:

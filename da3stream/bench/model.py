@@ -19,6 +19,8 @@ whole and as the increase over the RSS after building the network and the input
 (``peak_forward_delta_bytes``); ``first_forward_delta_bytes`` is the same for the
 cold forward alone (glibc's heap can grow over repeated forwards), which is what
 ``da3stream.core.memory_model`` estimates (``ours_estimate_bytes.forward_delta``).
+RSS counts file-backed pages too; ``rss_file_evicted_bytes`` > 0 means the kernel
+evicted library pages during the run (memory pressure) and the CPU peak reads low.
 Frames/s is ``views / median forward seconds`` over ``--repeat`` timed forwards
 after one untimed warm-up forward (``--repeat 0``: the single cold forward is timed).
 """
@@ -167,6 +169,7 @@ def measure(side: str, preset: str, views: int, height: int, width: int, *, devi
         torch.cuda.reset_peak_memory_stats()
         base_alloc = torch.cuda.memory_allocated()
     rss0 = _rss_bytes()
+    rss_file0 = _status_bytes("RssFile")
     hwm_reset = False if cuda else _reset_peak_rss()
     times = []
     for i in range(max(1, repeat) + (1 if repeat > 0 else 0)):
@@ -200,6 +203,8 @@ def measure(side: str, preset: str, views: int, height: int, width: int, *, devi
         result["peak_forward_delta_bytes"] = max(0, peak - rss0)
         result["first_forward_delta_bytes"] = max(0, first_peak - rss0)
         result["rss_before_forward_bytes"] = rss0
+        # file-backed pages (libraries) evicted under memory pressure lower the RSS peak: report it
+        result["rss_file_evicted_bytes"] = max(0, rss_file0 - _status_bytes("RssFile"))
         result["peak_rss_reset_before_forward"] = hwm_reset
     return result
 

@@ -787,8 +787,7 @@ class RunStore:
             if not st:
                 return {}, {}
             try:
-                arrays = {name: np.asarray(zu.open_array(self._zstore, f"state/{st['slot']}/{name}", "r")[...])
-                          for name in st["names"]}
+                arrays = {name: self._state_array(f"state/{st['slot']}/{name}") for name in st["names"]}
                 error = None
             except Exception as exc:  # noqa: BLE001 - zarr raises several types for missing/corrupt keys
                 arrays, error = {}, exc
@@ -804,6 +803,14 @@ class RunStore:
             if live == st["commit"]:
                 raise StoreError(f"{self.path}: resume state is missing or corrupt ({type(error).__name__}: {error})")
         raise StoreError(f"{self.path}: the resume state changed {READ_RETRIES} times during one read")
+
+    def _state_array(self, path: str) -> np.ndarray:
+        """One resume-state array; :meth:`write_state` writes each as a single chunk, so any other shape is damage
+        (and reading a damaged, huge shape would take forever)."""
+        arr = zu.open_array(self._zstore, path, "r")
+        if tuple(arr.chunks) != tuple(max(1, int(n)) for n in arr.shape):
+            raise ValueError(f"{path}: shape {arr.shape} does not match its single chunk {arr.chunks}")
+        return np.asarray(arr[...])
 
     def snapshot(self) -> "RunStore":
         """A read-only view pinned at the current commit: all its tables describe one commit.

@@ -119,7 +119,10 @@ class PredictAhead:
 
     # ------------------------------------------------------------------ steps
     def run_window(self, buffer: list, n_carry: int, source_desc: dict) -> tuple[list, int]:
-        """Submit the next window of ``buffer``, then process the window submitted before it.
+        """Submit the next window of ``buffer`` and process the window submitted before it meanwhile.
+
+        The previous window's prediction is awaited first: when it failed, nothing
+        is submitted and the serial path handles it (see the module docstring).
 
         Returns the buffer and carry count the serial loop would have after the
         submitted window (the carry of its last ``overlap`` frames plus the rest).
