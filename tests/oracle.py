@@ -7,10 +7,10 @@ dependencies) exactly as its api does (``load_config(MODEL_REGISTRY[name])`` +
 official constructor leaves constant so a comparison exercises them, runs it
 in fp32, and writes its weights in the official checkpoint layout.
 
-Stand-ins for missing optional packages are installed only when the real one
-does not import: a 3-class ``torchvision.transforms`` (only the official
-``InputProcessor`` needs it) and ``evo.core.trajectory`` (imported by the giant's
-Gaussian head module, which is never run here).
+A stand-in for ``evo.core.trajectory`` (imported by the giant's Gaussian head
+module, which is never run here) is installed only when evo does not import.
+The torchvision stand-in the official ``InputProcessor`` needs lives in
+``tests/official_input.py``.
 """
 
 from __future__ import annotations
@@ -47,55 +47,6 @@ PERTURB_REL_STD = 0.1
 
 
 # ---------------------------------------------------------------------------------- shims
-def install_torchvision_shim() -> bool:
-    """Provide ``torchvision.transforms.{ToTensor, Normalize, CenterCrop}`` if torchvision is absent.
-
-    Returns True if the stand-in was installed.
-    """
-    try:
-        import torchvision.transforms  # noqa: F401
-
-        return False
-    except Exception:
-        pass
-
-    class ToTensor:
-        def __call__(self, pic):
-            arr = np.array(pic, copy=True)
-            if arr.ndim == 2:
-                arr = arr[:, :, None]
-            t = torch.from_numpy(arr).permute(2, 0, 1).contiguous()
-            return t.to(torch.get_default_dtype()).div(255) if t.dtype == torch.uint8 else t
-
-    class Normalize:
-        def __init__(self, mean, std):
-            self.mean, self.std = mean, std
-
-        def __call__(self, t):
-            mean = torch.as_tensor(self.mean, dtype=t.dtype, device=t.device).view(-1, 1, 1)
-            std = torch.as_tensor(self.std, dtype=t.dtype, device=t.device).view(-1, 1, 1)
-            return (t - mean) / std
-
-    class CenterCrop:
-        def __init__(self, size):
-            self.size = (size, size) if isinstance(size, int) else tuple(size)
-
-        def __call__(self, t):
-            h, w = t.shape[-2:]
-            ch, cw = self.size
-            top = int(round((h - ch) / 2.0))
-            left = int(round((w - cw) / 2.0))
-            return t[..., top : top + ch, left : left + cw]
-
-    tv = types.ModuleType("torchvision")
-    tr = types.ModuleType("torchvision.transforms")
-    tr.ToTensor, tr.Normalize, tr.CenterCrop = ToTensor, Normalize, CenterCrop
-    tv.transforms = tr
-    sys.modules["torchvision"] = tv
-    sys.modules["torchvision.transforms"] = tr
-    return True
-
-
 def install_evo_shim() -> bool:
     """Provide ``evo.core.trajectory.PosePath3D`` (raising if used) if evo is absent."""
     try:

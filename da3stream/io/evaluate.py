@@ -114,6 +114,17 @@ def evaluate(store_or_est_tum: Any, gt_tum_path: PathLike, *, max_diff: float = 
     length), plus ``align_scale``, ``n_est``, ``n_gt``, ``max_diff``.
     ``offset`` (s) is added to the estimate's timestamps for matching.
     """
+    est_ts, est_poses, gt_ts, gt_poses, idx_gt, idx_est = _matched(store_or_est_tum, gt_tum_path, max_diff, offset)
+    try:
+        out = trajectory_errors(gt_poses[idx_gt], est_poses[idx_est], correct_scale=correct_scale)
+    except AlignmentError as exc:
+        raise AlignmentError(f"{gt_tum_path}: cannot align the estimate to the ground truth ({exc})") from None
+    out.update(n_est=int(est_ts.shape[0]), n_gt=int(gt_ts.shape[0]), max_diff=float(max_diff))
+    return out
+
+
+def _matched(store_or_est_tum: Any, gt_tum_path: PathLike, max_diff: float, offset: float):
+    """Load the estimate and the ground truth and associate them by timestamp (at least MIN_MATCHED pairs)."""
     est_ts, est_poses = _load_estimate(store_or_est_tum)
     gt_ts, gt_poses = read_tum(gt_tum_path)
     idx_gt, idx_est = associate(gt_ts, est_ts, max_diff=max_diff, offset_2=offset)
@@ -122,12 +133,7 @@ def evaluate(store_or_est_tum: Any, gt_tum_path: PathLike, *, max_diff: float = 
             f"{gt_tum_path}: only {idx_gt.shape[0]} of {est_ts.shape[0]} estimated poses have a ground-truth "
             f"timestamp within {max_diff} s (at least {MIN_MATCHED} needed)"
         )
-    try:
-        out = trajectory_errors(gt_poses[idx_gt], est_poses[idx_est], correct_scale=correct_scale)
-    except AlignmentError as exc:
-        raise AlignmentError(f"{gt_tum_path}: cannot align the estimate to the ground truth ({exc})") from None
-    out.update(n_est=int(est_ts.shape[0]), n_gt=int(gt_ts.shape[0]), max_diff=float(max_diff))
-    return out
+    return est_ts, est_poses, gt_ts, gt_poses, idx_gt, idx_est
 
 
 def ate_over_time(store_or_est_tum: Any, gt_tum_path: PathLike, *, max_diff: float = 0.01, offset: float = 0.0,
@@ -140,14 +146,7 @@ def ate_over_time(store_or_est_tum: Any, gt_tum_path: PathLike, *, max_diff: flo
     and ``est_xyz`` (N, 3) float64 camera centres in the ground-truth frame
     (the estimate aligned).
     """
-    est_ts, est_poses = _load_estimate(store_or_est_tum)
-    gt_ts, gt_poses = read_tum(gt_tum_path)
-    idx_gt, idx_est = associate(gt_ts, est_ts, max_diff=max_diff, offset_2=offset)
-    if idx_gt.shape[0] < MIN_MATCHED:
-        raise ExportError(
-            f"{gt_tum_path}: only {idx_gt.shape[0]} of {est_ts.shape[0]} estimated poses have a ground-truth "
-            f"timestamp within {max_diff} s (at least {MIN_MATCHED} needed)"
-        )
+    est_ts, est_poses, gt_ts, gt_poses, idx_gt, idx_est = _matched(store_or_est_tum, gt_tum_path, max_diff, offset)
     order = np.argsort(est_ts[idx_est], kind="stable")
     idx_gt, idx_est = idx_gt[order], idx_est[order]
     gt_xyz, est_xyz = gt_poses[idx_gt][:, :3, 3], est_poses[idx_est][:, :3, 3]
