@@ -98,11 +98,20 @@ def _measure_rss(views, h, w, env=None):
 
 @pytest.mark.parametrize("views, h, w", [(2, 280, 504), (8, 140, 196), (6, 182, 252)])
 def test_cpu_estimate_matches_peak_rss_pinned_malloc(views, h, w):
-    """Peak-RSS increase of one forward in a fresh process (glibc mmap threshold pinned)."""
-    measured = _measure_rss(views, h, w, env=CPU_PINNED_MALLOC_ENV)
+    """Peak-RSS increase of one forward in a fresh process (glibc mmap threshold pinned).
+
+    Work running beside the test (another test session, a build) can only add to a
+    process's peak RSS, never remove from it: a measurement outside the tolerance is
+    repeated, up to three in all, and the smallest is compared.
+    """
     b = estimate_breakdown("small", views, h, w, "float32", "cpu", constants=CPU_PINNED_CONSTANTS)
     predicted = b["activations"] + b["overhead"]
-    assert abs(predicted - measured) / measured < RSS_REL_TOL, (predicted / MIB, measured / MIB)
+    measured = []
+    for _ in range(3):
+        measured.append(_measure_rss(views, h, w, env=CPU_PINNED_MALLOC_ENV))
+        if abs(predicted - min(measured)) / min(measured) < RSS_REL_TOL:
+            break
+    assert abs(predicted - min(measured)) / min(measured) < RSS_REL_TOL, (predicted / MIB, [m / MIB for m in measured])
 
 
 # glibc's default heap makes the peak RSS of one case vary by up to ~15-30% between runs on a

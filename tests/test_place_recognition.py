@@ -247,3 +247,67 @@ def test_spherical_kmeans_is_deterministic_and_unit_norm(rng):
     np.testing.assert_allclose(np.linalg.norm(c1, axis=1), 1.0, rtol=1e-5)
     # every point is served well by some centroid (the clusters are recovered)
     assert np.median(np.max(desc @ c1.T, axis=1)) > 0.8
+
+
+def test_blocked_rows_append_index_and_iterate(rng):
+    from da3stream.alignment.place_recognition import BlockedRows
+
+    ref = rng.standard_normal((1000, 3))
+    arr = BlockedRows(np.float64, (3,), block_rows=64)
+    pos = 0
+    for n in (0, 1, 63, 64, 65, 200, 607):
+        arr.append(ref[pos:pos + n])
+        pos += n
+    assert len(arr) == 1000 and arr.shape == (1000, 3)
+    np.testing.assert_array_equal(np.asarray(arr), ref)
+    idx = rng.integers(-1000, 1000, size=(7, 11))
+    np.testing.assert_array_equal(arr[idx], ref[idx])
+    np.testing.assert_array_equal(arr[130:700], ref[130:700])
+    np.testing.assert_array_equal(arr[5:900:7], ref[5:900:7])
+    np.testing.assert_array_equal(arr[-1], ref[-1])
+    seen = [(first, view.shape[0]) for first, view in arr.blocks(100, 300)]
+    assert seen == [(100, 28), (128, 64), (192, 64), (256, 44)]
+    with pytest.raises(IndexError):
+        arr[1000]
+    with pytest.raises(IndexError):
+        arr[np.array([0, 1000])]
+    # rows never move: a block holds 64 rows, so 1000 rows take 16 blocks and nothing more
+    assert arr.nbytes_allocated == 16 * 64 * 3 * 8
+
+
+def test_index_memory_grows_by_the_rows_appended():
+    """Fixed-size blocks and bfloat16 storage: 2 D + 32 bytes per entry, no doubling slack."""
+    rng = np.random.default_rng(3)
+    dim, n = 256, 40000
+    index = DescriptorIndex(dim, backend="exact", block=4096)
+    for a in range(0, n, 500):
+        b = min(n, a + 500)
+        _add(index, _unit(rng.standard_normal((b - a, dim))), np.arange(a, b) / 30.0, frames=np.arange(a, b))
+    blocks = -(-n // 4096)
+    assert index.nbytes == blocks * 4096 * (2 * dim + 32)  # 10 blocks of 4096 entries for 40,000 entries
+    f32 = DescriptorIndex(dim, backend="exact", block=4096, storage_dtype="float32")
+    _add(f32, _unit(rng.standard_normal((10, dim))), np.arange(10.0))
+    assert f32.nbytes == 4096 * (4 * dim + 32)
+
+
+def test_bfloat16_storage_finds_what_float32_finds(rng):
+    """Similarities from bfloat16 storage are within 4e-3 of float32's (2^-8 per component); the same
+    places come back."""
+    n = 3000
+    base = _unit(rng.standard_normal((n, 128)))
+    desc = base.copy()
+    for k in range(0, n, 37):
+        desc[k] = _near(base[(k * 7) % n], 0.93, rng)
+    times = np.arange(n) / 30.0
+    results = []
+    for dtype in ("bfloat16", "float32"):
+        index = DescriptorIndex(128, backend="exact", block=512, storage_dtype=dtype)
+        _add(index, desc, times)
+        results.append(_search(index, desc[::50], times[::50] + 100.0, top_k=3, min_similarity=0.3, nms_radius=2))
+    h, f = results
+    np.testing.assert_array_equal(h.query, f.query)
+    np.testing.assert_array_equal(h.entry, f.entry)
+    assert np.max(np.abs(h.similarity - f.similarity)) < 4e-3
+    assert np.median(np.abs(h.similarity - f.similarity)) < 5e-4
+    with pytest.raises(ConfigError):
+        DescriptorIndex(8, storage_dtype="int8")

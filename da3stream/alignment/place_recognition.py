@@ -192,8 +192,137 @@ def spherical_kmeans(x: np.ndarray, k: int, *, iters: int, seed: int) -> np.ndar
     return c
 
 
+class BlockedRows:
+    """An append-only array stored in fixed-size blocks (rows never move once written).
+
+    A growing numpy array that doubles its capacity copies everything at each
+    doubling and leaves freed buffers of ever larger sizes behind; over an
+    hour-long run that churn fragments the heap and makes the resident memory
+    creep. Blocks of ``block_rows`` rows are allocated once each (``np.empty``:
+    a block's pages become resident only as rows are written) and never copied,
+    so memory grows by exactly the rows appended.
+
+    Args:
+        dtype: element type.
+        row_shape: shape of one row (``()`` for a scalar column).
+        block_rows: rows per block.
+    """
+
+    def __init__(self, dtype, row_shape: tuple = (), block_rows: int = 8192) -> None:
+        if block_rows < 1:
+            raise ConfigError(f"BlockedRows: block_rows must be >= 1, got {block_rows}")
+        self.dtype = np.dtype(dtype)
+        self.row_shape = tuple(int(s) for s in row_shape)
+        self.block_rows = int(block_rows)
+        self._blocks: list[np.ndarray] = []
+        self._n = 0
+
+    def __len__(self) -> int:
+        return self._n
+
+    @property
+    def shape(self) -> tuple:
+        return (self._n,) + self.row_shape
+
+    @property
+    def nbytes_allocated(self) -> int:
+        """Bytes of all blocks (resident once written)."""
+        return sum(b.nbytes for b in self._blocks)
+
+    def append(self, values: np.ndarray) -> None:
+        """Append ``values`` (n,) + row_shape, cast to :attr:`dtype`."""
+        v = np.asarray(values)
+        check_shape("BlockedRows.append(values)", v, ("n",) + self.row_shape)
+        pos = 0
+        while pos < v.shape[0]:
+            blk, off = divmod(self._n, self.block_rows)
+            if blk == len(self._blocks):
+                self._blocks.append(np.empty((self.block_rows,) + self.row_shape, self.dtype))
+            take = min(self.block_rows - off, v.shape[0] - pos)
+            self._blocks[blk][off:off + take] = v[pos:pos + take]
+            self._n += take
+            pos += take
+
+    def blocks(self, start: int = 0, stop: int | None = None):
+        """Yield ``(first_row, view)`` over rows ``[start, stop)`` block by block (views, not copies)."""
+        stop = self._n if stop is None else min(int(stop), self._n)
+        a = max(0, int(start))
+        while a < stop:
+            blk, off = divmod(a, self.block_rows)
+            b = min(stop, (blk + 1) * self.block_rows)
+            yield a, self._blocks[blk][off:off + (b - a)]
+            a = b
+
+    def __getitem__(self, key):
+        """Rows by int, slice or integer array (a copy; an int gives one row)."""
+        if isinstance(key, (int, np.integer)):
+            i = int(key) + (self._n if key < 0 else 0)
+            if not 0 <= i < self._n:
+                raise IndexError(f"BlockedRows: row {int(key)} out of range for {self._n} rows")
+            blk, off = divmod(i, self.block_rows)
+            return self._blocks[blk][off]
+        if isinstance(key, slice):
+            start, stop, step = key.indices(self._n)
+            if step == 1:
+                parts = [v for _, v in self.blocks(start, stop)]
+                return np.concatenate(parts) if parts else np.empty((0,) + self.row_shape, self.dtype)
+            key = np.arange(start, stop, step, dtype=np.int64)
+        idx = np.asarray(key, dtype=np.int64)
+        if idx.size and (idx.min() < -self._n or idx.max() >= self._n):
+            raise IndexError(f"BlockedRows: index out of range for {self._n} rows")
+        idx = np.where(idx < 0, idx + self._n, idx)
+        out = np.empty(idx.shape + self.row_shape, self.dtype)
+        blk, off = np.divmod(idx, self.block_rows)
+        for b in np.flatnonzero(np.bincount(blk.ravel(), minlength=len(self._blocks))):
+            m = blk == b
+            out[m] = self._blocks[int(b)][off[m]]
+        return out
+
+    def span(self, start: int, stop: int) -> np.ndarray:
+        """Rows ``[start, stop)``: a read-only view when they lie in one block, else a copy."""
+        parts = [v for _, v in self.blocks(start, stop)]
+        if len(parts) == 1:
+            v = parts[0].view()
+            v.setflags(write=False)
+            return v
+        return np.concatenate(parts) if parts else np.empty((0,) + self.row_shape, self.dtype)
+
+    def __array__(self, dtype=None, copy=None):
+        out = self[:]
+        return out if dtype is None else out.astype(dtype)
+
+
+class _Members:
+    """A growing int64 list (one IVF list's entries), capacity doubling; small, so its copies are cheap."""
+
+    __slots__ = ("buf", "n")
+
+    def __init__(self) -> None:
+        self.buf = np.empty(8, np.int64)
+        self.n = 0
+
+    def append(self, values: np.ndarray) -> None:
+        need = self.n + values.shape[0]
+        if need > self.buf.shape[0]:
+            grown = np.empty(max(need, 2 * self.buf.shape[0]), np.int64)
+            grown[: self.n] = self.buf[: self.n]
+            self.buf = grown
+        self.buf[self.n:need] = values
+        self.n = need
+
+    def view(self) -> np.ndarray:
+        return self.buf[: self.n]
+
+
 class DescriptorIndex:
     """A growing descriptor index with per-entry time, travelled distance and source index.
+
+    Entries live in fixed-size blocks (:class:`BlockedRows`) and descriptors are
+    stored in ``storage_dtype``: ``"bfloat16"`` by default (the upper 16 bits of
+    each float32, rounded to nearest even: half the memory, each component within
+    2^-8 relative, so a cosine similarity moves by at most 0.004 and typically by
+    1e-4) and widened back to float32 by a bit shift, numpy only, for scoring.
+    Searches stream over the blocks, so no temporary grows with the index.
 
     Args:
         dim: descriptor dimension D.
@@ -204,7 +333,8 @@ class DescriptorIndex:
         ivf_probe: IVF lists searched per query.
         kmeans_iters: Lloyd iterations when training IVF centroids.
         ivf_train_max: centroids are trained on at most this many entries (an even stride).
-        block: entries scored per block by the exact search (bounds peak memory).
+        block: entries per storage block (and per scoring step of the exact search).
+        storage_dtype: ``"bfloat16"`` or ``"float32"`` descriptor storage.
         seed: seed of the centroid training.
     """
 
@@ -219,13 +349,16 @@ class DescriptorIndex:
         ivf_probe: int = 16,
         kmeans_iters: int = 8,
         ivf_train_max: int = 32768,
-        block: int = 65536,
+        block: int = 8192,
+        storage_dtype: str = "bfloat16",
         seed: int = 0,
     ) -> None:
         if backend not in _BACKENDS:
             raise ConfigError(f"loop.index_backend must be one of {', '.join(_BACKENDS)}, got {backend!r}")
         if dim < 1:
             raise ConfigError(f"DescriptorIndex: descriptor dimension must be >= 1, got {dim}")
+        if storage_dtype not in _STORAGE:
+            raise ConfigError(f"loop.index_dtype must be one of {', '.join(_STORAGE)}, got {storage_dtype!r}")
         if device == "auto":
             device = "cuda" if _cuda_available() else "cpu"
         if device not in ("cpu",) and not str(device).startswith("cuda"):
@@ -239,55 +372,55 @@ class DescriptorIndex:
         self.kmeans_iters = int(kmeans_iters)
         self.ivf_train_max = int(ivf_train_max)
         self.block = int(block)
+        self.storage_dtype = storage_dtype
         self.seed = int(seed)
-        self._n = 0
-        self._desc = np.zeros((0, self.dim), dtype=np.float32)
-        self._desc_t = None  # torch tensor on a CUDA device, when one is used
-        self._times = np.zeros(0, dtype=np.float64)
-        self._dists = np.zeros(0, dtype=np.float64)
-        self._frames = np.zeros(0, dtype=np.int64)
-        self._rows = np.zeros(0, dtype=np.int64)
+        self._desc = BlockedRows(_STORAGE[storage_dtype], (self.dim,), self.block)
+        self._times = BlockedRows(np.float64, (), self.block)
+        self._dists = BlockedRows(np.float64, (), self.block)
+        self._frames = BlockedRows(np.int64, (), self.block)
+        self._rows = BlockedRows(np.int64, (), self.block)
+        self._scratch: np.ndarray | None = None  # float32 copy of one block of stored descriptors
+        self._dev_blocks: list = []  # torch copies of full descriptor blocks on a CUDA device, when one is used
         self._centroids: np.ndarray | None = None
-        self._assign = np.zeros(0, dtype=np.int64)
-        self._lists: list[list[int]] = []
-        self._list_arrays: dict[int, np.ndarray] = {}
+        self._lists: list[_Members] = []
         self._trained_at = 0
 
     # ------------------------------------------------------------------ content
     def __len__(self) -> int:
-        return self._n
+        return len(self._desc)
 
     @property
-    def times(self) -> np.ndarray:
-        """(N,) float64 timestamps of the entries (read-only view)."""
-        return self._view(self._times)
+    def times(self) -> BlockedRows:
+        """(N,) float64 timestamps of the entries (index it with ints or int arrays)."""
+        return self._times
 
     @property
-    def distances(self) -> np.ndarray:
-        """(N,) float64 travelled distance at each entry (read-only view)."""
-        return self._view(self._dists)
+    def distances(self) -> BlockedRows:
+        """(N,) float64 travelled distance at each entry."""
+        return self._dists
 
     @property
-    def frames(self) -> np.ndarray:
-        """(N,) int64 source frame index of each entry (read-only view)."""
-        return self._view(self._frames)
+    def frames(self) -> BlockedRows:
+        """(N,) int64 source frame index of each entry."""
+        return self._frames
 
     @property
-    def rows(self) -> np.ndarray:
-        """(N,) int64 caller-defined row id of each entry, e.g. the store row (read-only view)."""
-        return self._view(self._rows)
+    def rows(self) -> BlockedRows:
+        """(N,) int64 caller-defined row id of each entry, e.g. the store row."""
+        return self._rows
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes allocated by the entries (descriptors and per-entry columns)."""
+        return sum(c.nbytes_allocated for c in (self._desc, self._times, self._dists, self._frames, self._rows)) + \
+            sum(m.buf.nbytes for m in self._lists)
 
     @property
     def uses_ivf(self) -> bool:
         """True when searches go through the IVF lists."""
         if self.backend == "exact" or self._centroids is None:
             return False
-        return self.backend == "ivf" or self._n >= self.ivf_min_size
-
-    def _view(self, a: np.ndarray) -> np.ndarray:
-        v = a[: self._n].view()
-        v.setflags(write=False)
-        return v
+        return self.backend == "ivf" or len(self) >= self.ivf_min_size
 
     def add(
         self,
@@ -317,16 +450,29 @@ class DescriptorIndex:
             raise ShapeError("DescriptorIndex.add(descriptors): contains NaN or inf")
         norms = np.linalg.norm(d, axis=1, keepdims=True)
         d = d / np.maximum(norms, np.finfo(np.float32).tiny)
-        self._desc = _grow(self._desc, self._n, d)
-        self._times = _grow(self._times, self._n, np.asarray(timestamps, dtype=np.float64))
-        self._dists = _grow(self._dists, self._n, np.asarray(distances, dtype=np.float64))
-        self._frames = _grow(self._frames, self._n, np.asarray(frames, dtype=np.int64))
-        self._rows = _grow(self._rows, self._n, np.asarray(rows, dtype=np.int64))
-        start = self._n
-        self._n += n
-        self._desc_t = None
+        start = len(self)
+        self._desc.append(_to_storage(d, self.storage_dtype))
+        self._times.append(np.asarray(timestamps, dtype=np.float64))
+        self._dists.append(np.asarray(distances, dtype=np.float64))
+        self._frames.append(np.asarray(frames, dtype=np.int64))
+        self._rows.append(np.asarray(rows, dtype=np.int64))
         if self.backend != "exact":
             self._update_ivf(start)
+
+    def _scored(self, rows: np.ndarray) -> np.ndarray:
+        """(len(rows), D) float32 descriptors of the given entries (a scratch buffer up to one block)."""
+        return self._float32(self._desc[rows])
+
+    def _float32(self, x: np.ndarray) -> np.ndarray:
+        """``x`` as float32. Up to one block it is written into a reused scratch buffer (valid until the
+        next call), so searches allocate nothing that grows with the index."""
+        if x.dtype == np.float32:
+            return x
+        if x.shape[0] > self.block:
+            return _widen(x, np.empty(x.shape, np.float32))
+        if self._scratch is None:
+            self._scratch = np.empty((self.block, self.dim), np.float32)
+        return _widen(x, self._scratch[: x.shape[0]])
 
     # --------------------------------------------------------------------- IVF
     def _next_training_size(self) -> int:
@@ -338,52 +484,52 @@ class DescriptorIndex:
         pos = start
         while True:
             target = self._next_training_size()
-            if self._n < target:
+            if len(self) < target:
                 break
             self._train(target)
             pos = target
-        if self._centroids is not None and pos < self._n:
-            self._assign_range(pos, self._n)
+        if self._centroids is not None and pos < len(self):
+            self._assign_range(pos, len(self))
 
     def _train(self, size: int) -> None:
         k = max(1, min(size, int(round(self.ivf_lists_per_sqrt * math.sqrt(size)))))
         stride = max(1, -(-size // max(self.ivf_train_max, k)))
-        sample = self._desc[:size:stride]
+        rows = self._desc[np.arange(0, size, stride, dtype=np.int64)]
+        sample = _widen(rows, np.empty(rows.shape, np.float32))
         self._centroids = spherical_kmeans(sample, k, iters=self.kmeans_iters, seed=self.seed + size)
+        del sample
         self._trained_at = size
-        self._lists = [[] for _ in range(k)]
-        self._list_arrays = {}
-        self._assign = np.zeros(0, dtype=np.int64)
+        self._lists = [_Members() for _ in range(k)]
         self._assign_range(0, size)
 
     def _assign_range(self, a: int, b: int) -> None:
-        sims = self._desc[a:b] @ self._centroids.T
-        assign = np.argmax(sims, axis=1).astype(np.int64)
-        self._assign = np.concatenate([self._assign[:a], assign])
-        for pos, lst in zip(range(a, b), assign):
-            self._lists[int(lst)].append(pos)
-            self._list_arrays.pop(int(lst), None)
-
-    def _list_members(self, lst: int) -> np.ndarray:
-        arr = self._list_arrays.get(lst)
-        if arr is None:
-            arr = np.asarray(self._lists[lst], dtype=np.int64)
-            self._list_arrays[lst] = arr
-        return arr
+        for first, blk in self._desc.blocks(a, b):
+            assign = np.argmax(self._float32(blk) @ self._centroids.T, axis=1)
+            order = np.argsort(assign, kind="stable")
+            lists, starts = np.unique(assign[order], return_index=True)
+            for lst, s, e in zip(lists, starts, np.append(starts[1:], order.size)):
+                self._lists[int(lst)].append(first + order[s:e])
 
     # ------------------------------------------------------------------ search
-    def _scores_exact(self, queries: np.ndarray) -> np.ndarray:
-        # (block, D) @ (D, Q): the row-major entries stream through memory once.
+    def _block_scores(self, queries: np.ndarray):
+        """Yield ``(first_row, (Q, b) float32 scores)`` block by block over every entry."""
         if self.device == "cpu":
-            out = [(self._desc[a : min(a + self.block, self._n)] @ queries.T).T for a in range(0, self._n, self.block)]
-        else:
-            import torch
+            for first, blk in self._desc.blocks():
+                yield first, (self._float32(blk) @ queries.T).T
+            return
+        import torch
 
-            if self._desc_t is None:
-                self._desc_t = torch.from_numpy(self._desc[: self._n]).to(self.device)
-            q = torch.from_numpy(queries).to(self.device)
-            out = [(self._desc_t[a : a + self.block] @ q.T).T.cpu().numpy() for a in range(0, self._n, self.block)]
-        return np.concatenate(out, axis=1) if out else np.zeros((queries.shape[0], 0), np.float32)
+        q = torch.from_numpy(queries).to(self.device)
+        full = len(self) // self.block
+        del self._dev_blocks[full:]  # the last, partial block is uploaded afresh
+        for k, (first, blk) in enumerate(self._desc.blocks()):
+            if k < len(self._dev_blocks):
+                dev = self._dev_blocks[k]
+            else:
+                dev = torch.from_numpy(self._float32(blk)).to(self.device, copy=True)
+                if k < full:
+                    self._dev_blocks.append(dev)
+            yield first, (dev @ q.T).T.cpu().numpy()
 
     def search(
         self,
@@ -415,42 +561,50 @@ class DescriptorIndex:
         q = np.asarray(queries, dtype=np.float32)
         check_shape("DescriptorIndex.search(queries)", q, ("Q", self.dim), "f")
         nq = q.shape[0]
-        check_shape("DescriptorIndex.search(query_times)", np.asarray(query_times), (nq,))
-        check_shape("DescriptorIndex.search(query_distances)", np.asarray(query_distances), (nq,))
+        qt = np.asarray(query_times, dtype=np.float64)
+        qd = np.asarray(query_distances, dtype=np.float64)
+        check_shape("DescriptorIndex.search(query_times)", qt, (nq,))
+        check_shape("DescriptorIndex.search(query_distances)", qd, (nq,))
         q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), np.finfo(np.float32).tiny)
         empty = Candidates(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32))
-        if self._n == 0 or nq == 0 or top_k < 1:
+        if len(self) == 0 or nq == 0 or top_k < 1:
             return empty
         pool = top_k * (2 * max(nms_radius, 0) + 1)
-        out_q, out_e, out_s = [], [], []
+        kw = dict(exclude_seconds=exclude_seconds, exclude_distance=exclude_distance)
+
+        def admissible(qi: slice, ent: np.ndarray, sc: np.ndarray, times: np.ndarray, dists: np.ndarray):
+            """(rows, scores) per query of ``qi`` that pass exclusion and the threshold, at most ``pool`` each."""
+            excl = exclusion_mask(qt[qi], qd[qi], times, dists, **kw)
+            ok = (~excl) & (sc >= min_similarity)
+            out = []
+            for row_ok, row_sc in zip(ok, sc):
+                out.append(_best(ent[row_ok], row_sc[row_ok], pool))
+            return out
+
+        per_query: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in range(nq)]
         if self.uses_ivf:
             probe = min(self.ivf_probe, self._centroids.shape[0])
-            csim = q @ self._centroids.T
-            lists = np.argsort(-csim, axis=1, kind="stable")[:, :probe]
+            lists = np.argsort(-(q @ self._centroids.T), axis=1, kind="stable")[:, :probe]
+            for qi in range(nq):
+                ent = np.sort(np.concatenate([self._lists[int(li)].view() for li in lists[qi]]))
+                sc = (self._scored(ent) @ q[qi])[None, :]
+                per_query[qi] += admissible(slice(qi, qi + 1), ent, sc, self._times[ent], self._dists[ent])
         else:
-            scores_all = self._scores_exact(q)
-        for qi in range(nq):
-            if self.uses_ivf:
-                ent = np.sort(np.concatenate([self._list_members(int(li)) for li in lists[qi]]))
-                sc = self._desc[ent] @ q[qi]
-            else:
-                ent = np.arange(self._n, dtype=np.int64)
-                sc = scores_all[qi]
-            excl = exclusion_mask(
-                query_times[qi : qi + 1],
-                query_distances[qi : qi + 1],
-                self._times[ent],
-                self._dists[ent],
-                exclude_seconds=exclude_seconds,
-                exclude_distance=exclude_distance,
-            )[0]
-            ok = (~excl) & (sc >= min_similarity)
-            ent, sc = ent[ok], sc[ok]
+            for first, sc in self._block_scores(q):
+                stop = first + sc.shape[1]
+                ent = np.arange(first, stop, dtype=np.int64)
+                found_all = admissible(slice(None), ent, sc, self._times.span(first, stop),
+                                       self._dists.span(first, stop))
+                for qi, found in enumerate(found_all):
+                    per_query[qi].append(found)
+
+        out_q, out_e, out_s = [], [], []
+        for qi, found in enumerate(per_query):
+            ent = np.concatenate([e for e, _ in found])
+            sc = np.concatenate([s for _, s in found])
             if ent.size == 0:
                 continue
-            if ent.size > pool:
-                part = np.argpartition(-sc, pool - 1)[:pool]
-                ent, sc = ent[part], sc[part]
+            ent, sc = _best(ent, sc, pool)
             order = np.lexsort((ent, -sc))
             keep = greedy_nms_1d(self._frames[ent], order, max(nms_radius, 0), top_k)
             out_q.append(np.full(keep.size, qi, dtype=np.int64))
@@ -461,21 +615,38 @@ class DescriptorIndex:
         return Candidates(np.concatenate(out_q), np.concatenate(out_e), np.concatenate(out_s))
 
 
+_STORAGE = {"bfloat16": np.uint16, "float32": np.float32}
+"""Descriptor storage: name -> the numpy type that holds it (bfloat16 as the upper 16 bits of a float32)."""
+
+
+def _to_storage(d: np.ndarray, storage: str) -> np.ndarray:
+    """float32 (n, D) descriptors in the storage type (bfloat16: rounded to nearest even; finite input)."""
+    if storage == "float32":
+        return d
+    u = np.ascontiguousarray(d, dtype=np.float32).view(np.uint32)
+    return ((u + np.uint32(0x7FFF) + ((u >> 16) & np.uint32(1))) >> 16).astype(np.uint16)
+
+
+def _widen(x: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """Stored descriptors ``x`` as float32, written into ``out`` (bfloat16: one shift, exact)."""
+    if x.dtype == np.float32:
+        out[...] = x
+        return out
+    np.left_shift(x, 16, out=out.view(np.uint32), dtype=np.uint32)
+    return out
+
+
+def _best(entries: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` best (entry, score) pairs, by descending score then ascending entry (ties are deterministic)."""
+    if entries.size <= k:
+        return entries, scores
+    order = np.lexsort((entries, -scores))[:k]
+    return entries[order], scores[order]
+
+
 def _cuda_available() -> bool:
     try:
         import torch
     except ImportError:
         return False
     return bool(torch.cuda.is_available())
-
-
-def _grow(buf: np.ndarray, n: int, new: np.ndarray) -> np.ndarray:
-    """Return a buffer holding ``buf[:n]`` followed by ``new``; capacity doubles (amortised O(1))."""
-    need = n + new.shape[0]
-    if need > buf.shape[0]:
-        cap = max(need, 2 * buf.shape[0], 64)
-        grown = np.zeros((cap,) + buf.shape[1:], dtype=buf.dtype)
-        grown[:n] = buf[:n]
-        buf = grown
-    buf[n:need] = new
-    return buf

@@ -59,6 +59,7 @@ time or thread timing.
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import logging
 from dataclasses import dataclass, field
@@ -218,6 +219,8 @@ class LoopCloser:
     def __init__(self, loop_cfg: LoopConfig, align_cfg: AlignConfig, predictor: Predictor, *, seed: int = 0) -> None:
         if loop_cfg.graph_kernel not in ("huber", "cauchy"):
             raise ConfigError(f"loop.graph_kernel must be huber or cauchy, got {loop_cfg.graph_kernel!r}")
+        if loop_cfg.index_dtype not in ("bfloat16", "float32"):
+            raise ConfigError(f"loop.index_dtype must be bfloat16 or float32, got {loop_cfg.index_dtype!r}")
         if loop_cfg.index_backend not in ("exact", "ivf", "auto"):
             raise ConfigError(f"loop.index_backend must be exact, ivf or auto, got {loop_cfg.index_backend!r}")
         if loop_cfg.max_verifications < 0 or loop_cfg.window_half < 1 or loop_cfg.max_scale_ratio < 1.0:
@@ -230,7 +233,9 @@ class LoopCloser:
 
     def _reset(self) -> None:
         self._index: Optional[DescriptorIndex] = None
-        self._entry_chunk = np.zeros(0, dtype=np.int64)
+        self._entry_span: dict[int, tuple[int, int]] = {}  # chunk -> its [first, stop) index entries
+        self._span_starts: list[int] = []  # first entry of each indexed chunk, ascending
+        self._span_chunks: list[int] = []  # the chunk of each span
         self._seq: dict[int, _SeqEdge] = {}  # j -> edge (j-1, j)
         self._roots: set[int] = set()  # first windows of segments
         self._odom: dict[int, Sim3] = {}  # odom_from_chunk
@@ -302,8 +307,7 @@ class LoopCloser:
 
         self._first_row[c] = int(rows[0])
         self._last_centre, self._last_dist = last
-        index.add(desc, ctx.timestamps, dists, ctx.indices, rows)
-        self._entry_chunk = np.concatenate([self._entry_chunk, np.full(n, c, dtype=np.int64)])
+        self._index_window(index, c, desc, ctx.timestamps, dists, ctx.indices, rows)
         return LoopUpdate(edges=edges, world_from_chunk=new_world, graph_report=report)
 
     # ------------------------------------------------------------------ restore
@@ -349,17 +353,28 @@ class LoopCloser:
             dists, (self._last_centre, self._last_dist) = self._frame_distances(c, chunk_from_cam[sel])
             if desc is not None:
                 index = self._ensure_index(np.asarray(desc).shape[1])
-                index.add(np.asarray(desc)[sel], times[sel], dists, indices[sel], sel.astype(np.int64))
-                self._entry_chunk = np.concatenate([self._entry_chunk, np.full(sel.size, c, dtype=np.int64)])
+                self._index_window(index, c, np.asarray(desc)[sel], times[sel], dists, indices[sel],
+                                   sel.astype(np.int64))
         self._loops = [_loop_from_record(rec) for rec in loops]
         self._loops = [e for e in self._loops if e.accepted]
 
     # ------------------------------------------------------------------ internals
+    def _index_window(self, index: DescriptorIndex, c: int, desc, times, dists, indices, rows) -> None:
+        """Add window ``c``'s frames to the place index and record the span of entries they occupy."""
+        first = len(index)
+        index.add(desc, times, dists, indices, rows)
+        self._entry_span[c] = (first, len(index))
+        self._span_starts.append(first)
+        self._span_chunks.append(c)
+
+    def _chunk_of_entry(self, entry: int) -> int:
+        return self._span_chunks[bisect.bisect_right(self._span_starts, entry) - 1]
+
     def _ensure_index(self, dim: int) -> DescriptorIndex:
         if self._index is None:
             self._index = DescriptorIndex(
                 dim, backend=self.cfg.index_backend, device=self.cfg.index_device,
-                ivf_min_size=self.cfg.ivf_min_size, seed=self.seed,
+                ivf_min_size=self.cfg.ivf_min_size, storage_dtype=self.cfg.index_dtype, seed=self.seed,
             )
         return self._index
 
@@ -400,7 +415,7 @@ class LoopCloser:
         for k in keep:
             entry = int(cand.entry[k])
             qi = int(q_local[k])
-            chunk_i = int(self._entry_chunk[entry])
+            chunk_i = self._chunk_of_entry(entry)
             base = dict(chunk_i=chunk_i, chunk_j=c, frame_i=int(index.rows[entry]), frame_j=int(ctx.rows[qi]),
                         similarity=float(cand.similarity[k]))
             if chunk_i >= c - 1:
@@ -455,8 +470,8 @@ class LoopCloser:
         the consistency decision."""
         cfg, index = self.cfg, self._index
         chunk_i, c = base["chunk_i"], int(ctx.chunk_id)
-        same = np.flatnonzero(self._entry_chunk == chunk_i)
-        old_pos = _around(entry, int(same[0]), int(same[-1]) + 1, cfg.window_half)
+        first, stop = self._entry_span[chunk_i]
+        old_pos = _around(entry, first, stop, cfg.window_half)
         new_pos = _around(qi, 0, len(ctx.rows), cfg.window_half)
         old_rows = index.rows[old_pos]
         try:
