@@ -41,7 +41,7 @@ import numpy as np
 
 from da3stream.errors import ConfigError, ShapeError, check_shape
 
-__all__ = ["Candidates", "DescriptorIndex", "exclusion_mask", "greedy_nms_1d", "suppress_pairs", "spherical_kmeans"]
+__all__ = ["STORAGE_DTYPES", "BlockedRows", "Candidates", "DescriptorIndex", "exclusion_mask", "greedy_nms_1d", "suppress_pairs", "spherical_kmeans"]
 
 _BACKENDS = ("exact", "ivf", "auto")
 
@@ -264,8 +264,7 @@ class BlockedRows:
         if isinstance(key, slice):
             start, stop, step = key.indices(self._n)
             if step == 1:
-                parts = [v for _, v in self.blocks(start, stop)]
-                return np.concatenate(parts) if parts else np.empty((0,) + self.row_shape, self.dtype)
+                return self._joined(start, stop, view_ok=False)
             key = np.arange(start, stop, step, dtype=np.int64)
         idx = np.asarray(key, dtype=np.int64)
         if idx.size and (idx.min() < -self._n or idx.max() >= self._n):
@@ -280,12 +279,19 @@ class BlockedRows:
 
     def span(self, start: int, stop: int) -> np.ndarray:
         """Rows ``[start, stop)``: a read-only view when they lie in one block, else a copy."""
+        return self._joined(start, stop, view_ok=True)
+
+    def _joined(self, start: int, stop: int, *, view_ok: bool) -> np.ndarray:
         parts = [v for _, v in self.blocks(start, stop)]
-        if len(parts) == 1:
-            v = parts[0].view()
-            v.setflags(write=False)
-            return v
-        return np.concatenate(parts) if parts else np.empty((0,) + self.row_shape, self.dtype)
+        if not parts:
+            return np.empty((0,) + self.row_shape, self.dtype)
+        if len(parts) > 1:
+            return np.concatenate(parts)
+        if not view_ok:
+            return parts[0].copy()
+        v = parts[0].view()
+        v.setflags(write=False)
+        return v
 
     def __array__(self, dtype=None, copy=None):
         out = self[:]
@@ -615,6 +621,8 @@ class DescriptorIndex:
         return Candidates(np.concatenate(out_q), np.concatenate(out_e), np.concatenate(out_s))
 
 
+STORAGE_DTYPES = ("bfloat16", "float32")
+"""Descriptor storage types of :class:`DescriptorIndex` (``loop.index_dtype``)."""
 _STORAGE = {"bfloat16": np.uint16, "float32": np.float32}
 """Descriptor storage: name -> the numpy type that holds it (bfloat16 as the upper 16 bits of a float32)."""
 

@@ -67,7 +67,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from da3stream.alignment.place_recognition import DescriptorIndex, suppress_pairs
+from da3stream.alignment.place_recognition import STORAGE_DTYPES, DescriptorIndex, suppress_pairs
 from da3stream.alignment.points import points_from_rays, resample_to_grid, sample_correspondences, unproject_depth
 from da3stream.alignment.pose_graph import Edge, optimize_pose_graph
 from da3stream.alignment.registration import pose_based_estimate, quality_gate, register, transform_disagreement
@@ -219,8 +219,9 @@ class LoopCloser:
     def __init__(self, loop_cfg: LoopConfig, align_cfg: AlignConfig, predictor: Predictor, *, seed: int = 0) -> None:
         if loop_cfg.graph_kernel not in ("huber", "cauchy"):
             raise ConfigError(f"loop.graph_kernel must be huber or cauchy, got {loop_cfg.graph_kernel!r}")
-        if loop_cfg.index_dtype not in ("bfloat16", "float32"):
-            raise ConfigError(f"loop.index_dtype must be bfloat16 or float32, got {loop_cfg.index_dtype!r}")
+        if loop_cfg.index_dtype not in STORAGE_DTYPES:
+            raise ConfigError(f"loop.index_dtype must be one of {', '.join(STORAGE_DTYPES)}, "
+                              f"got {loop_cfg.index_dtype!r}")
         if loop_cfg.index_backend not in ("exact", "ivf", "auto"):
             raise ConfigError(f"loop.index_backend must be exact, ivf or auto, got {loop_cfg.index_backend!r}")
         if loop_cfg.max_verifications < 0 or loop_cfg.window_half < 1 or loop_cfg.max_scale_ratio < 1.0:
@@ -233,9 +234,8 @@ class LoopCloser:
 
     def _reset(self) -> None:
         self._index: Optional[DescriptorIndex] = None
-        self._entry_span: dict[int, tuple[int, int]] = {}  # chunk -> its [first, stop) index entries
-        self._span_starts: list[int] = []  # first entry of each indexed chunk, ascending
-        self._span_chunks: list[int] = []  # the chunk of each span
+        self._span_starts: list[int] = []  # first index entry of each indexed window, ascending
+        self._span_chunks: list[int] = []  # the window (chunk id, ascending) of each span
         self._seq: dict[int, _SeqEdge] = {}  # j -> edge (j-1, j)
         self._roots: set[int] = set()  # first windows of segments
         self._odom: dict[int, Sim3] = {}  # odom_from_chunk
@@ -360,15 +360,20 @@ class LoopCloser:
 
     # ------------------------------------------------------------------ internals
     def _index_window(self, index: DescriptorIndex, c: int, desc, times, dists, indices, rows) -> None:
-        """Add window ``c``'s frames to the place index and record the span of entries they occupy."""
+        """Add window ``c``'s frames to the place index and record where their entries start."""
         first = len(index)
         index.add(desc, times, dists, indices, rows)
-        self._entry_span[c] = (first, len(index))
         self._span_starts.append(first)
         self._span_chunks.append(c)
 
     def _chunk_of_entry(self, entry: int) -> int:
         return self._span_chunks[bisect.bisect_right(self._span_starts, entry) - 1]
+
+    def _entry_span(self, c: int) -> tuple[int, int]:
+        """``[first, stop)`` index entries of window ``c`` (which has been indexed)."""
+        p = bisect.bisect_left(self._span_chunks, c)
+        stop = self._span_starts[p + 1] if p + 1 < len(self._span_starts) else len(self._index)
+        return self._span_starts[p], stop
 
     def _ensure_index(self, dim: int) -> DescriptorIndex:
         if self._index is None:
@@ -470,7 +475,7 @@ class LoopCloser:
         the consistency decision."""
         cfg, index = self.cfg, self._index
         chunk_i, c = base["chunk_i"], int(ctx.chunk_id)
-        first, stop = self._entry_span[chunk_i]
+        first, stop = self._entry_span(chunk_i)
         old_pos = _around(entry, first, stop, cfg.window_half)
         new_pos = _around(qi, 0, len(ctx.rows), cfg.window_half)
         old_rows = index.rows[old_pos]
