@@ -1,7 +1,8 @@
-"""The analytic memory model against live tensor bytes, measured peak RSS and (with a GPU) CUDA peaks."""
+"""The analytic memory model against live tensor bytes, a one-sided peak-RSS bound and (with a GPU) CUDA peaks."""
 
 from __future__ import annotations
 
+import argparse
 import weakref
 
 import pytest
@@ -11,8 +12,6 @@ network = pytest.importorskip("da3stream.core.network", reason="network module n
 
 from da3stream.core.memory_model import (  # noqa: E402
     CPU_CONSTANTS,
-    CPU_PINNED_CONSTANTS,
-    CPU_PINNED_MALLOC_ENV,
     MemoryConstants,
     estimate_breakdown,
     estimate_peak_bytes,
@@ -21,10 +20,6 @@ from da3stream.core.memory_model import (  # noqa: E402
 from da3stream.errors import ConfigError  # noqa: E402
 
 MIB = 2**20
-RSS_REL_TOL = 0.15
-"""Calibrated CPU estimate vs measured peak-RSS increase of a forward (pinned malloc threshold)."""
-RSS_DEFAULT_MALLOC_REL_TOL = 0.25
-"""The same with glibc's default malloc (fit residuals up to 19%, see CPU_CONSTANTS)."""
 LIVE_REL_TOL = 0.10
 """Analytic count (no calibration) vs the peak of live tensor bytes."""
 GPU_REL_TOL = 0.15
@@ -81,51 +76,49 @@ def test_analytic_count_matches_live_tensor_bytes(views, h, w, head_chunk):
     assert abs(est - tracker.peak) / tracker.peak < LIVE_REL_TOL, (est / MIB, tracker.peak / MIB)
 
 
-EVICTION_LIMIT = 8 * MIB
-"""A run during which the kernel evicted more library pages than this (memory pressure) reads low."""
+# Peak RSS is a property of the machine (instruction set -> oneDNN/BLAS scratch, allocator), so how
+# the fitted CPU constants compare with it is a benchmark figure: `python -m da3stream.bench memory`.
+# What holds on every machine: a forward's peak-RSS increase covers at least the live tensor bytes
+# it touches (no swap), which the analytic count matches within LIVE_REL_TOL; and the planner's
+# CPU constants sit above the fitted ones by the cross-machine margin.
+RSS_LOWER_FRACTION = 0.5
+"""One-sided bound: measured peak-RSS increase >= this x the analytic live count (fits measured 0.93-1.4x)."""
 
 
-def _measure_rss(views, h, w, env=None):
-    from da3stream.bench.model import measure_in_subprocess
+def test_memory_benchmark_reports_the_machine_and_a_one_sided_rss_bound():
+    from da3stream.bench import memory
 
-    for _ in range(3):
-        res = measure_in_subprocess("ours", "small", views, h, w, device="cpu", dtype="float32", repeat=0,
-                                    threads=2, timeout=600, env=env)
-        if res.get("rss_file_evicted_bytes", 0) < EVICTION_LIMIT:
-            return res["peak_forward_delta_bytes"]
-    pytest.skip("memory pressure: the kernel evicted library pages during every measurement")
-
-
-@pytest.mark.parametrize("views, h, w", [(2, 280, 504), (8, 140, 196), (6, 182, 252)])
-def test_cpu_estimate_matches_peak_rss_pinned_malloc(views, h, w):
-    """Peak-RSS increase of one forward in a fresh process (glibc mmap threshold pinned).
-
-    Work running beside the test (another test session, a build) can only add to a
-    process's peak RSS, never remove from it: a measurement outside the tolerance is
-    repeated, up to three in all, and the smallest is compared.
-    """
-    b = estimate_breakdown("small", views, h, w, "float32", "cpu", constants=CPU_PINNED_CONSTANTS)
-    predicted = b["activations"] + b["overhead"]
-    measured = []
-    for _ in range(3):
-        measured.append(_measure_rss(views, h, w, env=CPU_PINNED_MALLOC_ENV))
-        if abs(predicted - min(measured)) / min(measured) < RSS_REL_TOL:
-            break
-    assert abs(predicted - min(measured)) / min(measured) < RSS_REL_TOL, (predicted / MIB, [m / MIB for m in measured])
+    args = argparse.Namespace(preset="small", cases=["2x140x196"], repeat=1, malloc=["pinned"], threads=1,
+                                     timeout=600.0)
+    res = memory.run(args)
+    m = res["machine"]
+    assert m["cpu"]["logical_cpus"] >= 1 and isinstance(m["cpu"]["flags"], list)
+    assert m["blas"]["torch"] == torch.__version__ and "OPENBLAS_CORETYPE" in m["environment"]
+    assert "libc" in m["allocator"] and res["weights_random"] is True
+    (row,) = res["cases"]
+    assert row["case"] == "2x140x196" and row["malloc"] == "pinned" and len(row["measured_mib"]) == 1
+    assert row["measured_min_mib"] >= RSS_LOWER_FRACTION * row["analytic_live_mib"] > 0, row
+    assert res["summary"]["pinned"]["max_abs_rel_error"] == pytest.approx(abs(row["rel_error"]))
 
 
-# glibc's default heap makes the peak RSS of one case vary by up to ~15-30% between runs on a
-# shared, loaded machine: this check runs with -m slow; the pinned-malloc check above and the
-# live-bytes check run every time.
-@pytest.mark.slow
-@pytest.mark.parametrize("views, h, w", [(4, 280, 504), (12, 140, 196)])
-def test_cpu_estimate_matches_peak_rss_default_malloc(views, h, w):
-    """The same with glibc's default malloc, whose heap makes RSS vary by up to 15% between runs."""
-    measured = _measure_rss(views, h, w)
-    b = estimate_breakdown("small", views, h, w, "float32", "cpu")
-    predicted = b["activations"] + b["overhead"]
-    rel = abs(predicted - measured) / measured
-    assert rel < RSS_DEFAULT_MALLOC_REL_TOL, (predicted / MIB, measured / MIB)
+def test_planner_constants_are_the_fit_with_a_cross_machine_margin():
+    from da3stream.core.memory_model import CPU_MACHINE_MARGIN, CPU_PLANNING_CONSTANTS, planning_constants_for
+
+    assert CPU_MACHINE_MARGIN >= 1.25  # the largest cross-machine excess seen (1.24x) is covered
+    assert planning_constants_for("cpu") is CPU_PLANNING_CONSTANTS
+    assert planning_constants_for("cuda:0").activation_factor == 1.0
+    for views in (2, 8, 32):
+        fit = estimate_peak_bytes("small", views, 280, 504, "float32", "cpu")
+        plan = estimate_peak_bytes("small", views, 280, 504, "float32", "cpu", constants=CPU_PLANNING_CONSTANTS)
+        assert plan > fit
+
+
+def test_bench_memory_case_parsing():
+    from da3stream.bench.memory import parse_case
+
+    assert parse_case("8x140x196") == (8, 140, 196)
+    with pytest.raises(ConfigError, match="VIEWSxHxW"):
+        parse_case("8x140")
 
 
 @pytest.mark.gpu

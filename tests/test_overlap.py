@@ -151,19 +151,40 @@ def test_worker_exception_propagates_and_the_worker_stops(tmp_path, seq):
     assert not [t for t in threading.enumerate() if t.name.startswith("da3stream-predict")]
 
 
+OVERLAP_WAIT_S = 60.0
+"""How long the commit of window k waits for window k+1's prediction to start (a serial run never starts it)."""
+
+
 def test_the_next_window_is_predicted_while_the_previous_one_is_processed(tmp_path, seq):
-    commits: list[float] = []
+    """Causal, not timed: each commit waits until the next window's forward has begun.
+
+    With predict-ahead the worker starts window k+1 while window k is aligned and written, so
+    the wait ends at once; a serial pipeline could only start k+1 after the commit returns, and
+    the wait would run out. Load on the machine slows both sides but cannot change the order.
+    """
+    started: list[threading.Event] = [threading.Event() for _ in range(64)]
+    waited: list[bool] = []
+
+    class Marking(Recording):
+        def predict(self, batch):
+            started[len(self.calls)].set()
+            return super().predict(batch)
 
     def progress(_):
-        commits.append(time.perf_counter())
+        k = len(waited)
+        if k + 1 < n_windows:
+            waited.append(started[k + 1].wait(OVERLAP_WAIT_S))
+        else:
+            waited.append(True)
 
-    pred = Recording(sim(seq), delay_s=0.2)
+    probe = Recording(sim(seq))
+    reconstruct(frames_of(seq), tmp_path / "probe.zarr", predictor=probe, config={**CFG, "predict_ahead": 0})
+    n_windows = len(probe.calls)
+    pred = Marking(sim(seq))
     reconstruct(frames_of(seq), tmp_path / "o.zarr", predictor=pred, config={**CFG, "predict_ahead": 1},
                 progress=progress)
-    starts = [s for s, _ in pred.spans]
-    # window k+1 starts predicting before window k is committed (serially it could only start after)
-    assert len(starts) == len(commits) >= 4
-    assert all(starts[k + 1] < commits[k] for k in range(len(commits) - 1))
+    assert n_windows >= 4 and len(pred.calls) == n_windows and len(waited) == n_windows
+    assert all(waited), "a window's commit came before the next window's forward began"
 
 
 def test_serialized_predictor_runs_one_call_at_a_time_and_forwards_attributes():
@@ -246,15 +267,15 @@ def test_planner_lowers_the_resolution_when_min_chunk_size_does_not_fit():
 
 def test_lowered_resolution_is_used_recorded_and_kept_on_resume(tmp_path):
     from da3stream.core.da3_predictor import random_predictor
-    from da3stream.core.memory_model import estimate_peak_bytes
+    from da3stream.core.memory_model import CPU_PLANNING_CONSTANTS, estimate_peak_bytes
     from da3stream.core.preprocess import network_hw
 
     seq = make_sequence("demo", n_frames=24, width=160, height=96)
     source = list(zip(seq.images(), seq.timestamps.tolist()))
 
-    def peak(res):
+    def peak(res):  # what the planner sizes CPU windows with
         h, w = network_hw((96, 160), res)
-        return estimate_peak_bytes("small", 8, h, w, "float32", "cpu")
+        return estimate_peak_bytes("small", 8, h, w, "float32", "cpu", constants=CPU_PLANNING_CONSTANTS)
 
     budget = (peak(112) + peak(126)) / 2 / 2**30  # 8 views fit at 112 px, not at 126
     cfg = {"gpu_mem_gb": budget, "min_chunk_size": 8, "overlap": 2, "min_process_res": 84, "loop.enabled": False,

@@ -17,6 +17,7 @@ SUBCOMMANDS = {
     "retrieval": "place-recognition search cost as the index grows",
     "bag": "ROS bag / MCAP reading rate and peak memory while streaming",
     "killresume": "SIGKILL a run at random moments, resume it, compare with the uninterrupted run",
+    "memory": "CPU memory model vs measured peak RSS, with the CPU, BLAS kernels and allocator it ran on",
 }
 
 

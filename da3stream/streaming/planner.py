@@ -38,12 +38,13 @@ def plan_chunk_size(cfg: Config, predictor, image_hw: tuple[int, int]) -> int:
     network_hw = getattr(predictor, "network_hw", None)
     if preset is not None and callable(network_hw):
         try:
-            from da3stream.core.memory_model import max_views_for_budget
+            from da3stream.core.memory_model import max_views_for_budget, planning_constants_for
 
             h, w = network_hw(image_hw)
+            device = getattr(predictor, "device", "cpu")
             views = max_views_for_budget(
-                preset, h, w, getattr(predictor, "dtype", "float32"), getattr(predictor, "device", "cpu"),
-                int(cfg.gpu_mem_gb * GIB),
+                preset, h, w, getattr(predictor, "dtype", "float32"), device,
+                int(cfg.gpu_mem_gb * GIB), constants=planning_constants_for(device),
             )
             log.info("memory planner: %s at %dx%d fits %d views in %.1f GiB", preset, h, w, views, cfg.gpu_mem_gb)
         except ImportError:
@@ -98,14 +99,15 @@ def _views_for(cfg: Config, predictor, image_hw: tuple[int, int], process_res: O
     if preset is None or process_res is None or not callable(getattr(predictor, "network_hw", None)):
         return None
     try:
-        from da3stream.core.memory_model import max_views_for_budget
+        from da3stream.core.memory_model import max_views_for_budget, planning_constants_for
         from da3stream.core.preprocess import network_hw
     except ImportError:
         return None
     method = getattr(predictor, "process_res_method", "upper_bound_resize")
     h, w = network_hw(image_hw, int(process_res), method)
-    return max_views_for_budget(preset, h, w, getattr(predictor, "dtype", "float32"), getattr(predictor, "device", "cpu"),
-                                int(cfg.gpu_mem_gb * GIB))
+    device = getattr(predictor, "device", "cpu")
+    return max_views_for_budget(preset, h, w, getattr(predictor, "dtype", "float32"), device,
+                                int(cfg.gpu_mem_gb * GIB), constants=planning_constants_for(device))
 
 
 def set_process_res(predictor, process_res: int) -> None:
