@@ -245,7 +245,7 @@ def _cmd_run(argv: Sequence[str]) -> int:
     result = {"summary": summary.__dict__ | {"new_frame_fraction": summary.new_frame_fraction}}
     result.update(_exports(args.out, args.tum, args.kitti, args.ply, None))
     if args.gt:
-        from da3stream.io.evaluate import evaluate
+        from da3stream.io.evaluation.metrics import evaluate
 
         result["eval"] = evaluate(args.out, args.gt)
     _emit(result, args)
@@ -262,7 +262,7 @@ def _cmd_run(argv: Sequence[str]) -> int:
 
 
 def _exports(store: str, tum, kitti, ply, voxel, opts: Optional[argparse.Namespace] = None) -> dict:
-    from da3stream.io import export
+    from da3stream.io.export import run_exports as export
 
     written = {}
     every, keyframes_only = getattr(opts, "every", 1), getattr(opts, "keyframes_only", False)
@@ -273,18 +273,18 @@ def _exports(store: str, tum, kitti, ply, voxel, opts: Optional[argparse.Namespa
         written["kitti_poses"] = export.export_kitti(store, kitti, keyframes_only=keyframes_only, every=every)
         written["kitti"] = kitti
     if getattr(opts, "colmap", None):
-        from da3stream.io.colmap import export_colmap
+        from da3stream.io.export.colmap import export_colmap
 
         info = export_colmap(store, opts.colmap, fmt=opts.colmap_format, every=every)
         written["colmap"] = opts.colmap
         written["colmap_model"] = {k: info[k] for k in ("cameras", "images", "points", "observations")}
     if getattr(opts, "nerfstudio", None):
-        from da3stream.io.nerfstudio import export_nerfstudio
+        from da3stream.io.export.nerfstudio import export_nerfstudio
 
         written["nerfstudio"] = opts.nerfstudio
         written["nerfstudio_frames"] = export_nerfstudio(store, opts.nerfstudio, every=every)["frames"]
     if getattr(opts, "depth", None):
-        from da3stream.io.depth_export import export_depth
+        from da3stream.io.export.depth import export_depth
 
         written["depth"] = opts.depth
         written["depth_frames"] = export_depth(store, opts.depth, fmt=opts.depth_format, every=every)["frames"]
@@ -307,7 +307,7 @@ def _cmd_export(argv: Sequence[str]) -> int:
 def _cmd_eval(argv: Sequence[str]) -> int:
     args = _eval_parser().parse_args(argv)
     _setup_logging(args)
-    from da3stream.io.evaluate import evaluate
+    from da3stream.io.evaluation.metrics import evaluate
 
     _emit({"eval": evaluate(args.store, args.gt, max_diff=args.max_diff)}, args)
     return 0
@@ -328,7 +328,7 @@ def _cmd_view(argv: Sequence[str]) -> int:
 def _cmd_report(argv: Sequence[str]) -> int:
     args = _report_parser().parse_args(argv)
     _setup_logging(args)
-    from da3stream.io.report import write_report
+    from da3stream.io.evaluation.report import write_report
 
     res = write_report(args.store, args.out, gt_tum=args.gt, png_dir=args.png_dir, max_diff=args.max_diff,
                        n_previews=args.previews)

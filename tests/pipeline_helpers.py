@@ -6,7 +6,7 @@ import time
 
 import numpy as np
 
-from da3stream.core.simulated import SimParams, SimulatedPredictor
+from da3stream.synthetic.simulated import SimParams, SimulatedPredictor
 from da3stream.synthetic import make_sequence
 
 SMALL_CFG = {"chunk_size": 16, "overlap": 4, "loop.enabled": False}
@@ -43,7 +43,7 @@ class SlowPredictor:
 
 
 def trajectory(store_path) -> tuple[np.ndarray, np.ndarray]:
-    from da3stream.io.store import RunStore
+    from da3stream.io.store.run_store import RunStore
 
     st = RunStore.open(store_path, "r")
     t = st.frames_table()

@@ -10,8 +10,8 @@ import pytest
 
 from da3stream.alignment.registration import pose_based_estimate
 from da3stream.alignment.sim3 import Sim3
-from da3stream.core.simulated import SimParams, SimulatedPredictor
-from da3stream.io.store import ChunkStatus, RunStore
+from da3stream.synthetic.simulated import SimParams, SimulatedPredictor
+from da3stream.io.store.run_store import ChunkStatus, RunStore
 from da3stream.streaming.pipeline import reconstruct
 from da3stream.synthetic import make_sequence
 from tests.test_faults import Wrapped, assert_bounded
@@ -191,8 +191,8 @@ def test_no_false_cut_on_fast_motion(tmp_path):
 def test_exports_mark_the_segments(cut_run, tmp_path):
     from evo.tools import file_interface
 
-    from da3stream.io.export import export_kitti, export_tum
-    from da3stream.io.trajectory import read_kitti, read_tum
+    from da3stream.io.export.run_exports import export_kitti, export_tum
+    from da3stream.io.export.trajectory import read_kitti, read_tum
 
     seq, out, _ = cut_run
     cut_t = float(seq.timestamps[seq.events["cut_frames"][0]])
@@ -217,7 +217,7 @@ def test_exports_mark_the_segments(cut_run, tmp_path):
 
 
 def test_single_segment_exports_are_unchanged(tmp_path):
-    from da3stream.io.export import export_kitti, export_tum
+    from da3stream.io.export.run_exports import export_kitti, export_tum
 
     seq = make_sequence("demo", n_frames=20, width=HW[1], height=HW[0])
     out = tmp_path / "one.zarr"

@@ -12,13 +12,13 @@ from da3stream.alignment.points import unproject_depth
 from da3stream.alignment.sim3 import Sim3
 from da3stream.cli import main
 from da3stream.errors import ExportError
-from da3stream.io.depth_export import (
+from da3stream.io.export.depth import (
     PNG16_MAX, depth_to_png16, export_depth, png16_to_depth, read_depth_export,
 )
-from da3stream.io.evaluate import evaluate
-from da3stream.io.export import export_kitti, export_tum, full_trajectory, trajectory
-from da3stream.io.store import RunStore
-from da3stream.io.trajectory import read_kitti, read_tum
+from da3stream.io.evaluation.metrics import evaluate
+from da3stream.io.export.run_exports import export_kitti, export_tum, full_trajectory, trajectory
+from da3stream.io.store.run_store import RunStore
+from da3stream.io.export.trajectory import read_kitti, read_tum
 from tests.export_helpers import CHUNK_SCALE, N_NEW, PLANE_DEPTH_HW, pipeline_store, plane_store
 
 

@@ -10,8 +10,8 @@ from scipy.spatial.transform import Rotation
 
 from da3stream.alignment.sim3 import Sim3
 from da3stream.errors import ExportError
-from da3stream.io.evaluate import associate, evaluate
-from da3stream.io.trajectory import write_tum
+from da3stream.io.evaluation.metrics import associate, evaluate
+from da3stream.io.export.trajectory import write_tum
 
 evo_fi = pytest.importorskip("evo.tools.file_interface", reason="evo is a dev dependency")
 from evo import main_ape, main_rpe  # noqa: E402
@@ -106,7 +106,7 @@ def test_association_matches_evo(rng):
 
 
 def test_store_input_equals_its_tum_export(tmp_path):
-    from da3stream.io.export import export_tum
+    from da3stream.io.export.run_exports import export_tum
 
     try:
         from test_export import make_store

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from da3stream.config import Config, load_config
 from da3stream.errors import ConfigError, ExportError, StoreError
-from da3stream.io.trajectory import read_kitti, read_tum, write_kitti, write_tum
+from da3stream.io.export.trajectory import read_kitti, read_tum, write_kitti, write_tum
 
 LONG_RUN = int(os.environ.get("DA3STREAM_FUZZ_EXAMPLES", "0"))
 """Set DA3STREAM_FUZZ_EXAMPLES=5000 to fuzz longer with fresh random examples (CI uses the fixed budget below)."""
@@ -204,7 +204,7 @@ def test_trajectory_write_read_round_trips(traj):
 
 @pytest.fixture(scope="module")
 def small_store(tmp_path_factory):
-    from da3stream.core.simulated import SimParams, SimulatedPredictor
+    from da3stream.synthetic.simulated import SimParams, SimulatedPredictor
     from da3stream.streaming.pipeline import reconstruct
     from da3stream.synthetic import make_sequence
 
@@ -218,7 +218,7 @@ def small_store(tmp_path_factory):
 
 
 def _read_everything(path):
-    from da3stream.io.store import RunStore
+    from da3stream.io.store.run_store import RunStore
 
     st_ = RunStore.open(path, "r")
     st_.frames_table(descriptors=True)
@@ -323,7 +323,7 @@ def test_store_reader_regressions(small_store, where, value):
 
 def test_damaged_resume_state_shape_is_an_error_not_a_hang(small_store):
     """Found by the long fuzz run: a state array whose zarr.json claims 33 million rows made read_state() hang."""
-    from da3stream.io.store import RunStore
+    from da3stream.io.store.run_store import RunStore
 
     slot = RunStore.open(small_store).committed["state"]["slot"]
     target = small_store / "state" / str(slot) / "carry_indices" / "zarr.json"

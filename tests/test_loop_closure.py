@@ -20,9 +20,9 @@ from da3stream.alignment.registration import register
 from da3stream.alignment.sim3 import Sim3
 from da3stream.alignment.umeyama import umeyama
 from da3stream.config import load_config
-from da3stream.core.simulated import SimParams, SimulatedPredictor
+from da3stream.synthetic.simulated import SimParams, SimulatedPredictor
 from da3stream.core.types import FrameBatch
-from da3stream.streaming.loop_closure import (
+from da3stream.streaming.loops.closer import (
     FrameData,
     LoopCloser,
     LoopEdge,
@@ -288,7 +288,7 @@ def test_planted_false_candidate_is_rejected(corridor):
 # ---------------------------------------------------------------------------- pipeline contract
 def test_no_descriptors_disables_with_one_log_line(robot_loop, caplog):
     pred = SimulatedPredictor(robot_loop, depth_hw=DEPTH_HW, params=SimParams(with_descriptors=False), seed=0)
-    with caplog.at_level(logging.INFO, logger="da3stream.streaming.loop_closure"):
+    with caplog.at_level(logging.INFO, logger="da3stream.streaming.loops.closer"):
         run = MiniRun(robot_loop, pred, _cfg(exclude_seconds=ROBOT_EXCLUDE_S)).run(stop=12)
     assert run.edges == [] and run.reports == []
     lines = [r for r in caplog.records if "disabled" in r.getMessage()]
@@ -322,7 +322,7 @@ def test_restore_continues_identically(robot_loop, robot_pred, robot_run):
 
 def test_restore_accepts_store_style_loop_records(robot_pred, robot_run):
     """Loops come back from the store as objects with the same attributes (i_from_j as a Sim3)."""
-    from da3stream.io.store import LoopEdge as StoredLoop
+    from da3stream.io.store.run_store import LoopEdge as StoredLoop
 
     pred, cfg, run = robot_pred, robot_run.cfg, robot_run
     chunk_rows, frame_rows = run.tables()
@@ -387,7 +387,7 @@ def test_long_loop_sequence_ate_drops_to_a_third(tmp_path):
     composed the same way from the stored per-frame ``chunk_from_cam``, so they differ only in
     ``world_from_chunk``.
     """
-    from da3stream.io.store import RunStore
+    from da3stream.io.store.run_store import RunStore
     from da3stream.streaming import pipeline
 
     seq = make_sequence("loop", n_frames=2400)

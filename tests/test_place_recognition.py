@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from da3stream.alignment.place_recognition import (
+from da3stream.streaming.loops.index import (
     DescriptorIndex,
     exclusion_mask,
     greedy_nms_1d,
@@ -250,7 +250,7 @@ def test_spherical_kmeans_is_deterministic_and_unit_norm(rng):
 
 
 def test_blocked_rows_append_index_and_iterate(rng):
-    from da3stream.alignment.place_recognition import BlockedRows
+    from da3stream.streaming.loops.index import BlockedRows
 
     ref = rng.standard_normal((1000, 3))
     arr = BlockedRows(np.float64, (3,), block_rows=64)

@@ -7,8 +7,8 @@ import pytest
 from scipy.spatial.transform import Rotation
 
 from da3stream.errors import ConfigError, ExportError, ShapeError
-from da3stream.io.priors import PosePrior, load_pose_prior
-from da3stream.io.trajectory import write_tum
+from da3stream.io.sources.priors import PosePrior, load_pose_prior
+from da3stream.io.export.trajectory import write_tum
 
 
 def random_poses(rng, n):
@@ -124,7 +124,7 @@ def test_errors(tmp_path, rng):
 
 
 def test_conditioning_kwargs(rng):
-    from da3stream.io.priors import conditioning_kwargs
+    from da3stream.io.sources.priors import conditioning_kwargs
 
     t = np.arange(5) * 0.1
     P = random_poses(rng, 5)
@@ -143,8 +143,8 @@ def test_pose_prior_and_calibration_condition_the_da3_predictor(tmp_path, rng):
     """The hand-off the pipeline makes: source intrinsics + prior poses -> DA3 predict -> the caller's cameras back."""
     pytest.importorskip("torch")
     from da3stream.core import FrameBatch, random_predictor
-    from da3stream.io.priors import conditioning_kwargs
-    from da3stream.streaming.sources import open_source
+    from da3stream.io.sources.priors import conditioning_kwargs
+    from da3stream.io.sources.frames import open_source
 
     n, h, w = 4, 60, 80
     yy, xx = np.mgrid[0:h, 0:w]

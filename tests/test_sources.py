@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from da3stream.errors import ExportError, ShapeError, SourceError
-from da3stream.io.images import list_images, natural_key, read_image
-from da3stream.io.video import probe_video, write_video
-from da3stream.streaming.sources import Frame, open_source, source_options
+from da3stream.io.sources.images import list_images, natural_key, read_image
+from da3stream.io.sources.video import probe_video, write_video
+from da3stream.io.sources.frames import Frame, open_source, source_options
 
 
 def moving_frames(n: int, h: int = 48, w: int = 64, seed: int = 0) -> list[np.ndarray]:
@@ -235,7 +235,7 @@ def test_seek_gives_exactly_the_frames_of_a_read_from_the_start(tmp_path, caplog
     write_video(path, moving_frames(45), 25.0, **kwargs)
     full = collect(open_source(path, prefetch=0))
     assert [f.index for f in full] == list(range(45))
-    caplog.set_level(logging.DEBUG, logger="da3stream.io.video")
+    caplog.set_level(logging.DEBUG, logger="da3stream.io.sources.video")
     for start in (1, 6, 10, 11, 23, 44):
         caplog.clear()
         got = collect(open_source(path, start_index=start))

@@ -7,7 +7,7 @@ import pytest
 from scipy.spatial.transform import Rotation
 
 from da3stream.errors import ExportError
-from da3stream.io.trajectory import read_kitti, read_tum, write_kitti, write_tum
+from da3stream.io.export.trajectory import read_kitti, read_tum, write_kitti, write_tum
 
 evo_fi = pytest.importorskip("evo.tools.file_interface", reason="evo is a dev dependency")
 

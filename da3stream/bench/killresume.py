@@ -161,7 +161,7 @@ def kill_resume_trials(workdir: Path, *, kills: int, n_frames: int = 120, preset
 
 
 def _build(scenario: Scenario):
-    from da3stream.core.simulated import SimParams, SimulatedPredictor
+    from da3stream.synthetic.simulated import SimParams, SimulatedPredictor
     from da3stream.synthetic import make_sequence
 
     seq = make_sequence(scenario.preset, n_frames=scenario.n_frames, width=scenario.width, height=scenario.height,
@@ -172,7 +172,7 @@ def _build(scenario: Scenario):
 
 def _committed_chunks(store: Path) -> int:
     from da3stream.errors import StoreError
-    from da3stream.io.store_layout import read_root_attrs
+    from da3stream.io.store.layout import read_root_attrs
 
     try:
         return int(read_root_attrs(store)["commit"]["n_chunks"])
@@ -256,7 +256,7 @@ def check_store(path) -> dict:
 
     A store that does not exist yet, or whose creation was killed, is reported with ``exists: False``.
     """
-    from da3stream.io.store import RunStore
+    from da3stream.io.store.run_store import RunStore
     from da3stream.streaming.pipeline import _creation_incomplete
 
     p = Path(path)
@@ -295,7 +295,7 @@ def check_store(path) -> dict:
 
 def compare_stores(reference, other) -> dict:
     """Frames, poses, chunk table, loops, map size and source log of two stores of the same run."""
-    from da3stream.io.store import RunStore
+    from da3stream.io.store.run_store import RunStore
 
     a, b = RunStore.open(reference, "r"), RunStore.open(other, "r")
     fa, fb = a.frames_table(), b.frames_table()

@@ -84,7 +84,7 @@ def _predictor(args, seq):
     if model == "simulated":
         if seq is None:
             raise SystemExit("--model simulated needs --source synthetic[:PRESET] (it reads the ground truth)")
-        from da3stream.core.simulated import SimParams, SimulatedPredictor
+        from da3stream.synthetic.simulated import SimParams, SimulatedPredictor
 
         h, w = seq.image_hw
         return SimulatedPredictor(seq, depth_hw=(h // 2, w // 2), params=SimParams(), seed=args.seed)
@@ -240,7 +240,7 @@ def run(args) -> dict:
             description = {"kind": "synthetic", **seq.describe()} if hasattr(seq, "describe") else {"kind": "synthetic"}
         else:
             from da3stream.config import load_config
-            from da3stream.streaming.sources import open_source, source_options
+            from da3stream.io.sources.frames import open_source, source_options
 
             path = Path(source_arg)
             if not path.exists():
@@ -268,7 +268,7 @@ def run(args) -> dict:
                 if mo["fps"]:
                     res["target_ratio"] = round(res["end_to_end_fps"] / (mo["fps"] * res["new_frame_fraction"]), 4)
             if gt is not None:
-                from da3stream.io.evaluate import evaluate
+                from da3stream.io.evaluation.metrics import evaluate
 
                 ev = evaluate(store, gt)
                 res["ate_rmse"] = round(float(ev["ate_rmse"]), 6)

@@ -22,7 +22,7 @@ import time
 import numpy as np
 import torch
 
-from da3stream.alignment.place_recognition import DescriptorIndex
+from da3stream.streaming.loops.index import DescriptorIndex
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

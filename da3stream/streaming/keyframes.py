@@ -74,7 +74,7 @@ class KeyframeFilter:
         return float(np.mean(np.abs(self.thumbnail(image) - self._state.thumb)))
 
     def accept(self, frame: Union[np.ndarray, "object"]) -> bool:
-        """Decide on one frame (a :class:`~da3stream.streaming.sources.Frame` or an ``(H, W, 3) uint8`` image)."""
+        """Decide on one frame (a :class:`~da3stream.io.sources.frames.Frame` or an ``(H, W, 3) uint8`` image)."""
         image = getattr(frame, "image", frame)
         thumb = self.thumbnail(image)
         previous = self._state

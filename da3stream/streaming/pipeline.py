@@ -38,7 +38,7 @@ from da3stream.errors import AlignmentError, ConfigError, Da3StreamError, Predic
 from da3stream.streaming.fusion import FusedPoints, empty_points, fuse_window
 from da3stream.streaming.keyframes import KeyframeFilter
 from da3stream.streaming.planner import is_out_of_memory, plan_window, set_process_res, shrink_chunk_size
-from da3stream.streaming.sources import Frame, open_source, source_options
+from da3stream.io.sources.frames import Frame, open_source, source_options
 from da3stream.streaming.writer import AsyncWriter
 
 log = logging.getLogger(__name__)
@@ -177,7 +177,7 @@ class StreamingReconstructor:
         self.pose_prior = None
         self.prior_offset = 0.0
         if self.cfg.source.poses:
-            from da3stream.io.priors import PosePrior
+            from da3stream.io.sources.priors import PosePrior
 
             self.pose_prior = PosePrior.load(self.cfg.source.poses)
             if not _accepts_kwarg(self.predictor.predict, "world_from_cam"):
@@ -199,12 +199,12 @@ class StreamingReconstructor:
     def _make_loop_closer(self) -> None:
         if not self.cfg.loop.enabled:
             return
-        from da3stream.streaming.loop_closure import LoopCloser
+        from da3stream.streaming.loops.closer import LoopCloser
 
         self.loop_closer = LoopCloser(self.cfg.loop, self.cfg.align, self.predictor, seed=self.cfg.seed)
 
     def _create_store(self, source_desc: dict, pred: Prediction, image_hw: tuple[int, int]) -> None:
-        from da3stream.io.store import RunStore
+        from da3stream.io.store.run_store import RunStore
 
         cfg_dict = to_dict(self.cfg)
         cfg_dict["chunk_size"] = self.chunk_size  # the resolved value, so resume reproduces it
@@ -227,7 +227,7 @@ class StreamingReconstructor:
         )
         kw = {}
         if self.pose_prior is not None:
-            from da3stream.io.priors import conditioning_kwargs
+            from da3stream.io.sources.priors import conditioning_kwargs
 
             kw = conditioning_kwargs(self.pose_prior, batch.timestamps, self.frame_K,
                                      max_diff=self.cfg.source.pose_max_diff, time_offset=self.prior_offset)
@@ -510,7 +510,7 @@ class StreamingReconstructor:
             )
         if not len(new_frames):
             return [], None
-        from da3stream.streaming.loop_closure import WindowContext
+        from da3stream.streaming.loops.closer import WindowContext
 
         ctx = WindowContext(
             chunk_id=chunk_id, rows=rows, indices=np.array([f.index for f in new_frames], np.int64),
@@ -527,7 +527,7 @@ class StreamingReconstructor:
 
     def _fetch_frames(self, rows: np.ndarray):
         """Stored data of committed frames, for loop verification."""
-        from da3stream.streaming.loop_closure import FrameData
+        from da3stream.streaming.loops.closer import FrameData
 
         rows = np.asarray(rows, np.int64)
         if rows.size and int(rows.max()) >= self.store.n_frames:
@@ -581,7 +581,7 @@ class StreamingReconstructor:
     # ------------------------------------------------------------------ records
     def _chunk_record(self, chunk_id, frames, n_carry, pred, new, rows, rgb_new, world_from_cam_new, world_from_this,
                       prev_from_cur, quality, points: FusedPoints, loop_edges, carry_frames, carry_pred, carry_rows):
-        from da3stream.io.store import ChunkRecord
+        from da3stream.io.store.run_store import ChunkRecord
 
         new_frames = frames[n_carry:]
         # the source log commits up to this window's last frame: frames read beyond it (left in the buffer by an
@@ -644,7 +644,7 @@ class StreamingReconstructor:
     # ------------------------------------------------------------------ resume
     def _restore(self) -> tuple[set[int], int]:
         """Load run state from the store; return (carry source indices, last read source index)."""
-        from da3stream.io.store import RunStore
+        from da3stream.io.store.run_store import RunStore
 
         self.store = RunStore.open(self.out, mode="a")
         stored_cfg = self.store.config
@@ -923,7 +923,7 @@ class StreamingReconstructor:
 
     def _reject_window(self, window: list[Frame], n_carry: int, reason: str) -> None:
         """Drop a window whose prediction is unusable: log its new frames as skipped; the next window starts a new segment."""
-        from da3stream.io.store import SkipReason
+        from da3stream.io.store.run_store import SkipReason
 
         new = {f.index for f in window[n_carry:]}
         code = int(SkipReason.PREDICTION_REJECTED)
@@ -969,8 +969,8 @@ def _creation_incomplete(out: Path) -> bool:
     """
     import json
 
-    from da3stream.io.store_layout import FORMAT_NAME
-    from da3stream.io.zarr_util import LOCK_NAME
+    from da3stream.io.store.layout import FORMAT_NAME
+    from da3stream.io.store.zarr_util import LOCK_NAME
 
     if not out.exists():
         return True
@@ -990,7 +990,7 @@ def _discard_incomplete_store(out: Path) -> None:
     """Remove what a killed store creation left (see :func:`_creation_incomplete`), unless a writer holds it."""
     import shutil
 
-    from da3stream.io.zarr_util import WriterLock
+    from da3stream.io.store.zarr_util import WriterLock
 
     if not out.exists():
         return
@@ -1021,7 +1021,7 @@ def _colour_change(a: np.ndarray, b: np.ndarray) -> float:
 
 def _skip_code(reason: str) -> int:
     """``source/skipped_reason`` code of a source's skip message (wrong-size frames are invalid, the rest undecodable)."""
-    from da3stream.io.store import SkipReason
+    from da3stream.io.store.run_store import SkipReason
 
     return int(SkipReason.INVALID if "aspect ratio" in reason else SkipReason.DECODE_ERROR)
 

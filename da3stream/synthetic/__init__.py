@@ -3,7 +3,7 @@
 Typical use::
 
     from da3stream.synthetic import make_sequence
-    from da3stream.core.simulated import SimulatedPredictor, SimParams
+    from da3stream.synthetic.simulated import SimulatedPredictor, SimParams
 
     seq = make_sequence("demo")                      # 300 frames, 320x240, rendered lazily
     predictor = SimulatedPredictor(seq, depth_hw=seq.image_hw, params=SimParams(), seed=0)

@@ -12,7 +12,7 @@ Importing this package does not import viser; :class:`LiveViewer` does, when sta
 
 from da3stream.viewer.decimate import ChunkCloud, PointBudget
 from da3stream.viewer.follow import FollowOptions, LatestFrame, StoreFollower, StoreUpdate
-from da3stream.viewer.images import colorize_conf, colorize_depth
+from da3stream.io.export.colormap import colorize_conf, colorize_depth
 from da3stream.viewer.server import LiveViewer, ViewerOptions, serve
 
 __all__ = [

@@ -18,7 +18,7 @@ from typing import Optional
 import numpy as np
 
 from da3stream.errors import ShapeError, check_shape
-from da3stream.io.voxel import voxel_downsample
+from da3stream.alignment.voxel import voxel_downsample
 
 __all__ = ["ChunkCloud", "PointBudget", "robust_extent"]
 

@@ -1,7 +1,7 @@
 """The format-1 layout of the run store: which arrays exist, their dtypes, chunking and codecs,
 and the conversion of a window's record into rows of those arrays (with validation).
 
-Kept apart from :mod:`da3stream.io.store` (the commit protocol and the reading
+Kept apart from :mod:`da3stream.io.store.run_store` (the commit protocol and the reading
 API) so that docs/STORE.md can be checked against one table: :func:`build_layout`.
 """
 
@@ -18,7 +18,7 @@ import zarr
 
 from da3stream.alignment.sim3 import Sim3
 from da3stream.errors import ShapeError, StoreError, check_shape
-from da3stream.io import zarr_util as zu
+from da3stream.io.store import zarr_util as zu
 
 FORMAT_NAME = "da3stream.run"
 FORMAT_VERSION = 1

@@ -5,7 +5,7 @@ The pipeline drives one :class:`LoopCloser` per run:
 * ``add_node`` / ``add_sequential_edge`` for every window (the sequential
   alignment and its quality record);
 * ``on_window`` with the window's new frames. It queries the descriptor index
-  (:mod:`da3stream.alignment.place_recognition`) with a few of them, merges the
+  (:mod:`da3stream.streaming.loops.index`) with a few of them, merges the
   hits, verifies the best candidates, optimises the Sim(3) pose graph of all
   windows as soon as a loop is accepted, and finally adds the new frames to the
   index. It returns every candidate it looked at (accepted or rejected, with a
@@ -67,7 +67,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from da3stream.alignment.place_recognition import STORAGE_DTYPES, DescriptorIndex, suppress_pairs
+from da3stream.streaming.loops.index import STORAGE_DTYPES, DescriptorIndex, suppress_pairs
 from da3stream.alignment.points import points_from_rays, resample_to_grid, sample_correspondences, unproject_depth
 from da3stream.alignment.pose_graph import Edge, optimize_pose_graph
 from da3stream.alignment.registration import pose_based_estimate, quality_gate, register, transform_disagreement

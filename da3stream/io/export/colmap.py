@@ -41,10 +41,10 @@ from scipy.spatial.transform import Rotation
 
 from da3stream.alignment.sim3 import Sim3, invert_rigid
 from da3stream.errors import ExportError, check_shape
-from da3stream.io.depth_export import (
+from da3stream.io.export.depth import (
     chunk_scales, check_every, export_rows, frame_stem, grid_intrinsics, make_dir, world_depth,
 )
-from da3stream.io.store import RunStore
+from da3stream.io.store.run_store import RunStore
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ Conventions converted here, once:
   predictor's depth grid ``(h, w)`` (``depth_hw``), not the original video
   resolution; ``w``, ``h`` and the intrinsics written are for that grid. They
   are the store's original-resolution intrinsics mapped with the pipeline's
-  own ``orig_from_grid`` (see :func:`da3stream.io.depth_export.grid_intrinsics`),
+  own ``orig_from_grid`` (see :func:`da3stream.io.export.depth.grid_intrinsics`),
   i.e. exactly the intrinsics the stored depth was unprojected with.
 * **Pixels.** nerfstudio puts the image corner at 0 (a pixel centre is at
   +0.5), the store at the top-left pixel's centre (OpenCV), so ``cx, cy`` are
@@ -22,7 +22,7 @@ Conventions converted here, once:
 * **Depth** (``depth_file_path``) is a 16-bit PNG of z-depth in world units ×
   ``depth_scale`` (default 1000: millimetres for a metric run, matching
   nerfstudio's default ``depth_unit_scale_factor = 1e-3``); 0 = invalid. See
-  :mod:`da3stream.io.depth_export`.
+  :mod:`da3stream.io.export.depth`.
 
 Layout: ``out_dir/transforms.json``, ``out_dir/images/frame_XXXXXX.png``,
 ``out_dir/depth/frame_XXXXXX.png`` (``XXXXXX``: source frame index).
@@ -38,12 +38,12 @@ from typing import Union
 import numpy as np
 
 from da3stream.errors import ExportError, check_shape
-from da3stream.io.colmap import PIXEL_CENTRE
-from da3stream.io.depth_export import (
+from da3stream.io.export.colmap import PIXEL_CENTRE
+from da3stream.io.export.depth import (
     DEFAULT_DEPTH_SCALE, PNG16_MAX, chunk_scales, check_every, depth_to_png16, export_rows, frame_stem, grid_intrinsics,
     make_dir, world_depth, write_json, write_png16, write_rgb_png,
 )
-from da3stream.io.store import RunStore
+from da3stream.io.store.run_store import RunStore
 
 log = logging.getLogger(__name__)
 

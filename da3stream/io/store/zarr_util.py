@@ -1,7 +1,7 @@
 """Small Zarr v3 helpers for the run store: codecs, batched row writes, the writer lock.
 
 Everything that knows how zarr-python is driven lives here so that
-:mod:`da3stream.io.store` reads as a description of the layout.
+:mod:`da3stream.io.store.run_store` reads as a description of the layout.
 
 Crash safety rests on one property of ``zarr.storage.LocalStore``: every key
 (an array's ``zarr.json`` or one chunk file) is written to a temporary

@@ -23,7 +23,7 @@ from scipy.spatial.transform import Rotation
 from da3stream.alignment.sim3 import invert_rigid
 from da3stream.alignment.umeyama import umeyama
 from da3stream.errors import AlignmentError, ExportError, check_shape
-from da3stream.io.trajectory import read_tum
+from da3stream.io.export.trajectory import read_tum
 
 PathLike = Union[str, os.PathLike]
 
@@ -160,10 +160,10 @@ def ate_over_time(store_or_est_tum: Any, gt_tum_path: PathLike, *, max_diff: flo
 
 
 def _load_estimate(src: Any) -> tuple[np.ndarray, np.ndarray]:
-    from da3stream.io.store import RunStore
+    from da3stream.io.store.run_store import RunStore
 
     if isinstance(src, RunStore) or (isinstance(src, (str, os.PathLike)) and os.path.isdir(src)):
-        from da3stream.io.export import trajectory
+        from da3stream.io.export.run_exports import trajectory
 
         ts, world_from_cam, _ = trajectory(src)
         return ts, world_from_cam

@@ -21,7 +21,7 @@ Policies:
 - **Pixels**: raw encodings ``rgb8 bgr8 rgba8 bgra8 mono8 mono16 16UC1``
   (plus ``8UC1 8UC3 8UC4`` as mono8/bgr8/bgra8 and 8-bit Bayer patterns)
   become ``(H, W, 3) uint8`` RGB; 16-bit values are scaled by ``255 / 65535``
-  like 16-bit image files (:mod:`da3stream.io.images`). Row padding
+  like 16-bit image files (:mod:`da3stream.io.sources.images`). Row padding
   (``step``) and big-endian data are handled. Compressed images are decoded by
   ``cv2.imdecode`` (JPEG, PNG and what else OpenCV reads). Any other encoding is
   a one-line :class:`SourceError` naming it.
@@ -39,7 +39,7 @@ from typing import Any, Callable, Iterator, NamedTuple, Optional
 import numpy as np
 
 from da3stream.errors import Da3StreamError, SourceError
-from da3stream.io import images as _images
+from da3stream.io.sources import images as _images
 
 log = logging.getLogger(__name__)
 
@@ -392,7 +392,7 @@ def decode_compressed(fmt: str, data: Any, name: str) -> np.ndarray:
 
 
 def calibration_from_bag(path: str | os.PathLike, topic: Optional[str] = None, image_topic: Optional[str] = None):
-    """A :class:`~da3stream.io.calibration.Calibration` from the first ``sensor_msgs/CameraInfo`` message.
+    """A :class:`~da3stream.io.sources.calibration.Calibration` from the first ``sensor_msgs/CameraInfo`` message.
 
     ``topic`` names the CameraInfo topic; when None, the only CameraInfo topic is
     used, or, with several, the one in ``image_topic``'s namespace
@@ -402,7 +402,7 @@ def calibration_from_bag(path: str | os.PathLike, topic: Optional[str] = None, i
         SourceError: no (unambiguous) CameraInfo topic, or no message on it.
         ConfigError: the message holds an invalid calibration (e.g. all-zero K).
     """
-    from da3stream.io.calibration import Calibration
+    from da3stream.io.sources.calibration import Calibration
 
     name = str(path)
     with open_bag(path) as reader:

@@ -6,7 +6,7 @@
 Policies (one place for all of them):
 
 - **Indices** are positions in the full source: the decoded-stream position for a
-  video (see :func:`da3stream.io.video.decode_video`), the position in the
+  video (see :func:`da3stream.io.sources.video.decode_video`), the position in the
   naturally sorted file list for a folder, the position in the iterable (or
   ``Frame.index`` when the iterable yields :class:`Frame` objects, which must
   increase).
@@ -34,14 +34,14 @@ Policies (one place for all of them):
 - **Single image files** are accepted as a one-frame source (kind ``image``).
 - **ROS bags**: a ROS 1 ``.bag`` file, a ROS 2 bag folder (``metadata.yaml``
   with sqlite3 or mcap storage), a ``.mcap`` or ``.db3`` file is read with
-  ``rosbags`` (see :mod:`da3stream.io.rosbag`): one ``sensor_msgs`` Image or
+  ``rosbags`` (see :mod:`da3stream.io.sources.rosbag`): one ``sensor_msgs`` Image or
   CompressedImage topic (``topic=``; required when the bag has several); the
   index is the message position on that topic; the timestamp is the header stamp
   minus the first message's header stamp (:attr:`FrameSource.time_origin` is
   that first stamp, absolute seconds).
 - **Calibration**: with ``calibration=`` every frame is undistorted at its
   source size, in the prefetch thread, before any ``max_side`` resize
-  (:class:`da3stream.io.calibration.Undistorter`; intrinsics given for another
+  (:class:`da3stream.io.sources.calibration.Undistorter`; intrinsics given for another
   size with the same aspect ratio are scaled). :attr:`FrameSource.intrinsics` is
   then the (3, 3) intrinsics of the frames as delivered, and :meth:`describe`
   records the calibration and ``undistorted: true``.
@@ -69,10 +69,10 @@ from typing import Any, Callable, Iterable, Iterator, NamedTuple, Optional
 import numpy as np
 
 from da3stream.errors import ConfigError, Da3StreamError, ShapeError, SourceError, check_shape
-from da3stream.io import images as _images
-from da3stream.io import rosbag as _rosbag
-from da3stream.io import video as _video
-from da3stream.io.calibration import Calibration, Undistorter, calibration_from_arg
+from da3stream.io.sources import images as _images
+from da3stream.io.sources import rosbag as _rosbag
+from da3stream.io.sources import video as _video
+from da3stream.io.sources.calibration import Calibration, Undistorter, calibration_from_arg
 
 log = logging.getLogger(__name__)
 
@@ -376,7 +376,7 @@ class ImageFolderSource(FrameSource):
 
 
 class BagSource(FrameSource):
-    """Images of one topic of a ROS 1 / ROS 2 bag or an MCAP file (see :mod:`da3stream.io.rosbag`)."""
+    """Images of one topic of a ROS 1 / ROS 2 bag or an MCAP file (see :mod:`da3stream.io.sources.rosbag`)."""
 
     kind = "rosbag"
 
@@ -480,12 +480,12 @@ def open_source(
         aspect_tolerance: relative aspect-ratio difference within which a
             differently sized frame is resized to the reference size (else skipped).
         topic: the image topic of a bag (needed when it has several); only for bags.
-        calibration: known intrinsics: a :class:`~da3stream.io.calibration.Calibration`,
+        calibration: known intrinsics: a :class:`~da3stream.io.sources.calibration.Calibration`,
             a calibration YAML path, ``"fx,fy,cx,cy[,k1,k2,p1,p2,...]"`` text, or
             ``"camera_info"`` (bags: the CameraInfo topic beside the image topic);
             frames are undistorted on read and :attr:`FrameSource.intrinsics` is set.
         undistort_alpha: free scaling of the undistorted camera (0: only valid
-            pixels, 1: every source pixel, None: keep K); see :class:`~da3stream.io.calibration.Undistorter`.
+            pixels, 1: every source pixel, None: keep K); see :class:`~da3stream.io.sources.calibration.Undistorter`.
 
     Raises:
         SourceError: the source is missing, empty, unreadable, not a video or an

@@ -14,7 +14,7 @@ Commit protocol (what makes it crash-safe):
    slot) is written last, into the root ``zarr.json``.
 
 Every key is replaced atomically (temporary file + rename, see
-:mod:`da3stream.io.zarr_util`), so a kill at any moment leaves the previous
+:mod:`da3stream.io.store.zarr_util`), so a kill at any moment leaves the previous
 commit intact; readers trust only rows below the committed counts. Derived
 poses (``world_from_cam``, ``world_from_chunk``) exist in two slots: a
 loop-closure rewrite fills the inactive slot completely and then flips the
@@ -41,12 +41,12 @@ from zarr.core.sync import sync
 
 from da3stream.alignment.sim3 import Sim3
 from da3stream.errors import ShapeError, StoreError, check_shape
-from da3stream.io import zarr_util as zu
-from da3stream.io.store_layout import (
+from da3stream.io.store import zarr_util as zu
+from da3stream.io.store.layout import (
     COUNTERS, FORMAT_NAME, FORMAT_VERSION, build_layout, create_array, record_rows, loop_rows, parse_hw,
     read_root_attrs, source_rows, str_array,
 )
-from da3stream.io.voxel import voxel_downsample
+from da3stream.alignment.voxel import voxel_downsample
 
 log = logging.getLogger(__name__)
 

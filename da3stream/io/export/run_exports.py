@@ -7,8 +7,8 @@ their chunk frame with the current ``world_from_chunk`` on the fly.
 Trajectories include, by default, interpolated poses of the frames the keyframe
 filter dropped (:func:`full_trajectory`; ``keyframes_only=True`` for the stored
 keyframes only). COLMAP, nerfstudio and depth exports live in
-:mod:`da3stream.io.colmap`, :mod:`da3stream.io.nerfstudio` and
-:mod:`da3stream.io.depth_export`; docs/EXPORTS.md has the table of conventions.
+:mod:`da3stream.io.export.colmap`, :mod:`da3stream.io.export.nerfstudio` and
+:mod:`da3stream.io.export.depth`; docs/EXPORTS.md has the table of conventions.
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ from typing import Iterator, Optional, Union
 import numpy as np
 
 from da3stream.errors import ExportError
-from da3stream.io.ply import PlyWriter, write_ply
-from da3stream.io.store import RunStore
-from da3stream.io.trajectory import write_kitti, write_tum
+from da3stream.io.export.ply import PlyWriter, write_ply
+from da3stream.io.store.run_store import RunStore
+from da3stream.io.export.trajectory import write_kitti, write_tum
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +68,8 @@ def full_trajectory(store_or_path: StoreLike, keyframes_only: bool = False, ever
     ``every``: then keep every N-th of those poses.
     """
     from da3stream.alignment.smoothing import blend_frame_poses
-    from da3stream.io.depth_export import check_every
-    from da3stream.io.store import SkipReason
+    from da3stream.io.export.depth import check_every
+    from da3stream.io.store.run_store import SkipReason
 
     every = check_every(every, "trajectory")
     with _opened(store_or_path) as store:
@@ -143,7 +143,7 @@ def _write_segments_sidecar(path: Union[str, os.PathLike], segments: np.ndarray)
     """KITTI files have no comments: with several segments, ``<path>.segments.json`` lists where each starts."""
     import json
 
-    from da3stream.io.trajectory import segment_starts
+    from da3stream.io.export.trajectory import segment_starts
 
     sidecar = f"{os.fspath(path)}.segments.json"
     starts = sorted(segment_starts(segments, segments.shape[0]))

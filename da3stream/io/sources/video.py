@@ -8,7 +8,7 @@ starting at a source index (seek to the keyframe before it, then decode forward)
 Frame indices are positions in the decoded stream (0 = first decoded frame),
 timestamps are ``(pts - first_pts) * time_base`` seconds, so the first frame of a
 file is at 0.0 s even when the container starts at a negative PTS (B-frame edit
-lists). Threading and subsampling live in :mod:`da3stream.streaming.sources`.
+lists). Threading and subsampling live in :mod:`da3stream.io.sources.frames`.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ Sections (their HTML ids): ``summary``, ``trajectory`` (top view and height
 over time, in the first camera's axes), ``alignment`` (per window: inlier
 ratio, residual, scale, pose disagreement, status flags), ``loops`` (accepted
 edges and rejected candidates on the top view), ``accuracy`` (ATE over time
-against a ground-truth TUM file, :func:`da3stream.io.evaluate.ate_over_time`),
+against a ground-truth TUM file, :func:`da3stream.io.evaluation.metrics.ate_over_time`),
 ``previews`` (colourised depth and confidence of sampled frames) and
 ``timings`` (per-stage seconds from the root attribute ``run.timings``).
 """
@@ -30,7 +30,7 @@ from typing import Any, Optional, Sequence, Union
 import numpy as np
 
 from da3stream.errors import ExportError
-from da3stream.io.store import RunStore
+from da3stream.io.store.run_store import RunStore
 
 log = logging.getLogger(__name__)
 
@@ -375,7 +375,7 @@ def _accuracy(store: RunStore, gt_tum: Optional[PathLike], max_diff: float, figu
     if gt_tum is None:
         sec.blocks.append(_note("No ground truth given (pass --gt gt.tum for ATE over time)."))
         return sec, None
-    from da3stream.io.evaluate import ate_over_time, evaluate
+    from da3stream.io.evaluation.metrics import ate_over_time, evaluate
 
     metrics = evaluate(store, gt_tum, max_diff=max_diff)
     per = ate_over_time(store, gt_tum, max_diff=max_diff)
@@ -409,7 +409,7 @@ def _accuracy(store: RunStore, gt_tum: Optional[PathLike], max_diff: float, figu
 
 
 def _previews(store: RunStore, frames: dict, n_previews: int, figures: dict) -> Section:
-    from da3stream.viewer.images import colorize_conf, colorize_depth
+    from da3stream.io.export.colormap import colorize_conf, colorize_depth
 
     sec = Section("previews", "Depth and confidence previews")
     F = frames["index"].shape[0]

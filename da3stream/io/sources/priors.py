@@ -1,6 +1,6 @@
 """Known camera poses (pose priors) for pose-conditioned inference.
 
-A TUM file (:func:`da3stream.io.trajectory.read_tum`: ``timestamp tx ty tz qx qy
+A TUM file (:func:`da3stream.io.export.trajectory.read_tum`: ``timestamp tx ty tz qx qy
 qz qw``, each pose ``world_from_cam``) gives camera poses at known times.
 :class:`PosePrior` associates frames to them by **nearest timestamp**: frame
 ``i`` gets the pose whose time is closest to ``timestamps[i] + time_offset``,
@@ -12,7 +12,7 @@ give body or IMU poses (often +x forward) instead: pass their ``body_from_cam``
 extrinsic and the poses become ``world_from_body @ body_from_cam``.
 
 Time bases: sources give timestamps from 0 at their first frame
-(:attr:`da3stream.streaming.sources.FrameSource.time_origin` is the absolute
+(:attr:`da3stream.io.sources.frames.FrameSource.time_origin` is the absolute
 time of 0 for bags). A TUM file may use either base; :meth:`PosePrior.time_offset_for`
 picks 0 or the source's time origin, whichever puts the first frame nearer the
 span of the prior.
@@ -42,10 +42,10 @@ def load_pose_prior(path: str | os.PathLike, body_from_cam: Optional[np.ndarray]
     are composed to ``world_from_cam``. Rows are returned in time order.
 
     Raises:
-        ExportError: the file is missing or malformed (from :func:`~da3stream.io.trajectory.read_tum`).
+        ExportError: the file is missing or malformed (from :func:`~da3stream.io.export.trajectory.read_tum`).
         ConfigError: no poses, or two poses with the same timestamp.
     """
-    from da3stream.io.trajectory import read_tum
+    from da3stream.io.export.trajectory import read_tum
 
     timestamps, world_from_x = read_tum(path)
     prior = PosePrior(timestamps, world_from_x, origin=os.fspath(path), body_from_cam=body_from_cam)
@@ -102,7 +102,7 @@ class PosePrior:
     @classmethod
     def load(cls, path: str | os.PathLike, body_from_cam: Optional[np.ndarray] = None) -> "PosePrior":
         """A :class:`PosePrior` from a TUM file (see :func:`load_pose_prior`)."""
-        from da3stream.io.trajectory import read_tum
+        from da3stream.io.export.trajectory import read_tum
 
         timestamps, world_from_x = read_tum(path)
         return cls(timestamps, world_from_x, origin=os.fspath(path), body_from_cam=body_from_cam)

@@ -1,0 +1,1 @@
+"""Evaluation against ground truth (ATE/RPE) and the self-contained HTML report."""

@@ -1,0 +1,1 @@
+"""Exports from a run store: TUM/KITTI, PLY, COLMAP, nerfstudio, depth images, colour maps."""

@@ -1,0 +1,1 @@
+"""Frame sources: PyAV video, image folders, ROS bags, calibration, pose priors, and open_source."""

@@ -1,0 +1,1 @@
+"""The Zarr run store: layout, crash-safe appends, resume state."""
