@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -28,15 +29,29 @@ def width_of(seq) -> int:
     return int(seq.image_hw[1])
 
 
-class SlowPredictor:
-    """Wraps a predictor and sleeps after each window (so a test can kill a run mid-way)."""
+HOLD_S = 300.0
+"""How long a held forward waits for the test to kill its process."""
 
-    def __init__(self, inner, delay_s: float) -> None:
+
+class SlowPredictor:
+    """Wraps a predictor and sleeps after each window (so a test can kill a run mid-way).
+
+    With ``hold_from_call`` the forward of that call (1-based) and later ones touch ``marker``
+    and then wait: a test that kills the process once the marker exists lands inside that
+    window however loaded the machine is (the run cannot finish first).
+    """
+
+    def __init__(self, inner, delay_s: float, hold_from_call=None, marker=None) -> None:
         self.inner = inner
         self.delay_s = delay_s
         self.model_id = getattr(inner, "model_id", "slow")
+        self.hold_from_call, self.marker, self.calls = hold_from_call, marker, 0
 
     def predict(self, batch):
+        self.calls += 1
+        if self.hold_from_call is not None and self.calls >= self.hold_from_call:
+            Path(self.marker).touch()
+            time.sleep(HOLD_S)
         out = self.inner.predict(batch)
         time.sleep(self.delay_s)
         return out

@@ -346,11 +346,25 @@ SIGINT_WORKER = textwrap.dedent("""
     from da3stream.synthetic import make_sequence
     from da3stream import cli
 
+    import pathlib, signal, threading
+    interrupted = threading.Event()
+    previous = signal.getsignal(signal.SIGINT)
+
+    def on_sigint(signum, frame):  # note the signal, then raise KeyboardInterrupt as Python does
+        interrupted.set()
+        previous(signum, frame)
+
+    signal.signal(signal.SIGINT, on_sigint)
+
     class Slow:
+        # from the second window on, each forward waits until the SIGINT has arrived
         def __init__(self, inner):
-            self.inner, self.model_id = inner, inner.model_id
+            self.inner, self.model_id, self.calls = inner, inner.model_id, 0
         def predict(self, batch):
-            time.sleep(0.4)
+            self.calls += 1
+            if self.calls >= 2:
+                pathlib.Path({marker!r}).touch()
+                interrupted.wait(120)
             return self.inner.predict(batch)
 
     seq = make_sequence("demo", n_frames={n}, width={w}, height={h})
@@ -366,12 +380,16 @@ def test_sigint_to_a_cli_process_stops_cleanly_and_resume_completes(tmp_path, se
     reconstruct(str(png_folder), ref, predictor=sim(seq), config=CFG)
     out = tmp_path / "sigint.zarr"
     args = [str(png_folder), "--out", str(out)] + CLI_CFG
-    code = SIGINT_WORKER.format(root=str(repo_root), n=N_FRAMES, w=HW[1], h=HW[0], dhw=DEPTH_HW, args=args)
+    marker = tmp_path / "second-forward-started"
+    code = SIGINT_WORKER.format(root=str(repo_root), n=N_FRAMES, w=HW[1], h=HW[0], dhw=DEPTH_HW, args=args,
+                                marker=str(marker))
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
+        # causal, not timed: the worker holds its second forward until the signal comes, so the run
+        # cannot finish first however loaded the machine is
         deadline = time.time() + 120
         while time.time() < deadline and proc.poll() is None:
-            if (out / "zarr.json").exists() and check_store(out).get("chunks", 0) >= 1:
+            if marker.exists() and (out / "zarr.json").exists() and check_store(out).get("chunks", 0) >= 1:
                 break
             time.sleep(0.05)
         assert proc.poll() is None, proc.communicate()[1][-2000:]

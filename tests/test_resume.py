@@ -24,7 +24,8 @@ sys.path.insert(0, {root!r})
 from tests.pipeline_helpers import SlowPredictor, small_predictor, small_sequence
 from da3stream.streaming.pipeline import reconstruct
 seq = small_sequence({n})
-reconstruct({video!r}, {out!r}, predictor=SlowPredictor(small_predictor(seq), {delay}), config={cfg!r})
+slow = SlowPredictor(small_predictor(seq), {delay}, hold_from_call={hold}, marker={marker!r})
+reconstruct({video!r}, {out!r}, predictor=slow, config={cfg!r})
 """
 
 
@@ -36,17 +37,21 @@ def _committed_chunks(path) -> int:
 
 
 def _kill_after(tmp_path, video, out, n_chunks: int, delay: float, repo_root) -> int:
-    code = WORKER.format(root=str(repo_root), n=N_FRAMES, video=str(video), out=str(out), delay=delay, cfg=CFG)
+    # the worker holds the forward of window n_chunks + 2 (window n_chunks + 1 may be predicted ahead):
+    # the kill lands while a window is in flight, not after the run, however loaded the machine is
+    marker = tmp_path / "held"
+    code = WORKER.format(root=str(repo_root), n=N_FRAMES, video=str(video), out=str(out), delay=delay, cfg=CFG,
+                         hold=n_chunks + 2, marker=str(marker))
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 240
     try:
         while time.time() < deadline:
             if proc.poll() is not None:
                 raise AssertionError(f"worker ended early: {proc.stderr.read().decode()[-2000:]}")
-            if _committed_chunks(out) >= n_chunks:
+            if _committed_chunks(out) >= n_chunks and marker.exists():
                 break
             time.sleep(0.05)
-        time.sleep(delay * 0.5)  # land somewhere inside the next window
+        time.sleep(delay * 0.5)  # let the window in flight move on before the kill
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(10)
     finally:

@@ -370,11 +370,12 @@ def test_reader_follows_a_writer_in_another_process(tmp_path):
     proc = spawn_writer(p, "live", seed=0, delay=0.02)
     wait_ready(proc)
     seen = set()
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 240
     while time.monotonic() < deadline:
         reader = RunStore.open(p)
         info = check_consistent(reader)
         seen.add((info["n_chunks"], info["epoch"]))
+        _ack(p, info["n_chunks"])
         if reader.status == "complete":
             break
         time.sleep(0.01)
@@ -413,6 +414,26 @@ def test_sigkill_at_random_moments_then_resume(tmp_path, mode):
     store.close()
 
 
+ACK_TIMEOUT_S = 120.0
+"""How long the live writer waits for the reader to have seen a commit (a handshake, not a race with load)."""
+
+
+def _ack(path: Path, n_chunks: int) -> None:
+    """The reader has seen ``n_chunks`` committed chunks (written atomically beside the store)."""
+    tmp = path.with_name(path.name + ".ack.tmp")
+    tmp.write_text(str(n_chunks))
+    os.replace(tmp, path.with_name(path.name + ".ack"))
+
+
+def _wait_for_ack(path: Path, n_chunks: int) -> None:
+    ack = path.with_name(path.name + ".ack")
+    deadline = time.monotonic() + ACK_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if ack.exists() and int(ack.read_text() or 0) >= n_chunks:
+            return
+        time.sleep(0.005)
+
+
 def writer_main(path: str, mode: str, seed: int, delay: float) -> None:
     """The writer subprocess: create (or resume) the store, then append / rewrite until killed or done."""
     p = Path(path)
@@ -427,6 +448,8 @@ def writer_main(path: str, mode: str, seed: int, delay: float) -> None:
         if mode == "rewrite" or (mode == "live" and c % 2):
             rewrite(store)
             epoch += 1
+        if mode == "live":
+            _wait_for_ack(p, store.n_chunks)
         time.sleep(delay)
     store.set_status("complete")
     store.close()

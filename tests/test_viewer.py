@@ -132,17 +132,26 @@ def test_follower_follows_a_live_run_from_before_the_store_exists(tmp_path):
     f = StoreFollower(out)
     assert f.poll() is None  # no store yet: waits
     errors: list[BaseException] = []
+    seen_chunks, new_chunks = [], []
+
+    class FollowerPaced(SlowPredictor):
+        """Window k waits until the follower has drawn chunk k - 2: a handshake, not a race with load."""
+
+        def predict(self, batch):
+            wait_until = time.monotonic() + 120.0
+            while max(seen_chunks, default=0) < self.calls - 1 and time.monotonic() < wait_until:
+                time.sleep(0.01)
+            return super().predict(batch)
 
     def run() -> None:
         try:
-            reconstruct(seq.frames(), out, predictor=SlowPredictor(small_predictor(seq), 0.4), config=SMALL_CFG)
+            reconstruct(seq.frames(), out, predictor=FollowerPaced(small_predictor(seq), 0.0), config=SMALL_CFG)
         except BaseException as exc:  # noqa: BLE001 - reported by the test
             errors.append(exc)
 
     t = threading.Thread(target=run)
     t.start()
-    seen_chunks, new_chunks = [], []
-    deadline = time.monotonic() + 60.0
+    deadline = time.monotonic() + 240.0
     while time.monotonic() < deadline:
         upd = f.poll()
         if upd is not None:
