@@ -30,7 +30,7 @@ from typing import Any, Optional, Sequence, Union
 import numpy as np
 
 from da3stream.errors import ExportError
-from da3stream.io.store.run_store import RunStore
+from da3stream.io.store import RunStore
 
 log = logging.getLogger(__name__)
 

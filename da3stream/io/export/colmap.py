@@ -44,7 +44,7 @@ from da3stream.errors import ExportError, check_shape
 from da3stream.io.export.depth import (
     chunk_scales, check_every, export_rows, frame_stem, grid_intrinsics, make_dir, world_depth,
 )
-from da3stream.io.store.run_store import RunStore
+from da3stream.io.store import RunStore
 
 log = logging.getLogger(__name__)
 

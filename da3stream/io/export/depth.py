@@ -42,7 +42,7 @@ import cv2
 import numpy as np
 
 from da3stream.errors import ExportError, ShapeError, check_shape
-from da3stream.io.store.run_store import RunStore
+from da3stream.io.store import RunStore
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ import numpy as np
 
 from da3stream.errors import ExportError
 from da3stream.io.export.ply import PlyWriter, write_ply
-from da3stream.io.store.run_store import RunStore
+from da3stream.io.store import RunStore
 from da3stream.io.export.trajectory import write_kitti, write_tum
 
 log = logging.getLogger(__name__)
@@ -69,7 +69,7 @@ def full_trajectory(store_or_path: StoreLike, keyframes_only: bool = False, ever
     """
     from da3stream.alignment.smoothing import blend_frame_poses
     from da3stream.io.export.depth import check_every
-    from da3stream.io.store.run_store import SkipReason
+    from da3stream.io.store import SkipReason
 
     every = check_every(every, "trajectory")
     with _opened(store_or_path) as store:
