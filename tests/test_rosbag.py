@@ -14,7 +14,7 @@ import pytest
 
 from da3stream.errors import ConfigError, SourceError
 from da3stream.io.sources import rosbag as rb
-from da3stream.io.sources.frames import open_source
+from da3stream.io.sources import open_source
 
 pytest.importorskip("rosbags")
 

@@ -38,7 +38,7 @@ from da3stream.errors import AlignmentError, ConfigError, Da3StreamError, Predic
 from da3stream.streaming.fusion import FusedPoints, empty_points, fuse_window
 from da3stream.streaming.keyframes import KeyframeFilter
 from da3stream.streaming.planner import is_out_of_memory, plan_window, set_process_res, shrink_chunk_size
-from da3stream.io.sources.frames import Frame, open_source, source_options
+from da3stream.io.sources import Frame, open_source, source_options
 from da3stream.streaming.writer import AsyncWriter
 
 log = logging.getLogger(__name__)
