@@ -6,7 +6,7 @@ import numpy as np
 from scipy.spatial.transform import Rotation
 
 from da3stream.alignment.sim3 import Sim3
-from da3stream.io.store.run_store import ChunkRecord, RunStore, SkipReason
+from da3stream.io.store import ChunkRecord, RunStore, SkipReason
 
 PLANE_IMAGE_HW = (24, 32)
 PLANE_DEPTH_HW = (12, 16)

@@ -58,7 +58,7 @@ class SlowPredictor:
 
 
 def trajectory(store_path) -> tuple[np.ndarray, np.ndarray]:
-    from da3stream.io.store.run_store import RunStore
+    from da3stream.io.store import RunStore
 
     st = RunStore.open(store_path, "r")
     t = st.frames_table()

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from da3stream.errors import ConfigError, ShapeError, SourceError
-from da3stream.io.sources.video import write_video
-from da3stream.io.sources.frames import Frame, open_source
+from da3stream.io.sources.video_write import write_video
+from da3stream.io.sources import Frame, open_source
 
 
 def frames(n: int, h: int = 64, w: int = 96) -> list[np.ndarray]:

@@ -15,7 +15,7 @@ from da3stream.io.sources.calibration import (
     load_calibration,
     parse_intrinsics,
 )
-from da3stream.io.sources.frames import open_source
+from da3stream.io.sources import open_source
 
 K_REF = np.array([[300.0, 0.0, 161.5], [0.0, 305.0, 118.25], [0.0, 0.0, 1.0]])
 DIST_REF = np.array([-0.28, 0.09, 0.0012, -0.0008, -0.01])

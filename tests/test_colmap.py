@@ -11,7 +11,7 @@ from da3stream.alignment.sim3 import invert_rigid
 from da3stream.cli import main
 from da3stream.errors import ExportError
 from da3stream.io.export.colmap import export_colmap, group_intrinsics, spread_tracks
-from da3stream.io.store.run_store import RunStore
+from da3stream.io.store import RunStore
 from tests.export_helpers import N_NEW, PLANE_IMAGE_HW, PLANE_K, n_wall_points, pipeline_store, plane_store
 
 pycolmap = pytest.importorskip("pycolmap", reason="pycolmap reads the models back")

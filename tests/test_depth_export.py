@@ -17,7 +17,7 @@ from da3stream.io.export.depth import (
 )
 from da3stream.io.evaluation.metrics import evaluate
 from da3stream.io.export.run_exports import export_kitti, export_tum, full_trajectory, trajectory
-from da3stream.io.store.run_store import RunStore
+from da3stream.io.store import RunStore
 from da3stream.io.export.trajectory import read_kitti, read_tum
 from tests.export_helpers import CHUNK_SCALE, N_NEW, PLANE_DEPTH_HW, pipeline_store, plane_store
 

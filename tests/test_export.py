@@ -10,7 +10,7 @@ from da3stream.alignment.sim3 import Sim3
 from da3stream.errors import ExportError
 from da3stream.io.export.run_exports import export_kitti, export_ply, export_tum
 from da3stream.io.export.ply import PlyWriter, read_ply, write_ply
-from da3stream.io.store.run_store import ChunkRecord, RunStore
+from da3stream.io.store import ChunkRecord, RunStore
 from da3stream.io.export.trajectory import read_kitti, read_tum
 from da3stream.alignment.voxel import voxel_downsample
 

@@ -22,7 +22,7 @@ import pytest
 from da3stream.bench.killresume import check_store, compare_stores, kill_resume_trials
 from da3stream.synthetic.simulated import SimParams, SimulatedPredictor
 from da3stream.errors import PredictionError, StoreError
-from da3stream.io.store.run_store import RunStore, SkipReason
+from da3stream.io.store import RunStore, SkipReason
 from da3stream.streaming.pipeline import reconstruct
 from da3stream.synthetic import make_sequence
 

@@ -218,7 +218,7 @@ def small_store(tmp_path_factory):
 
 
 def _read_everything(path):
-    from da3stream.io.store.run_store import RunStore
+    from da3stream.io.store import RunStore
 
     st_ = RunStore.open(path, "r")
     st_.frames_table(descriptors=True)
@@ -323,7 +323,7 @@ def test_store_reader_regressions(small_store, where, value):
 
 def test_damaged_resume_state_shape_is_an_error_not_a_hang(small_store):
     """Found by the long fuzz run: a state array whose zarr.json claims 33 million rows made read_state() hang."""
-    from da3stream.io.store.run_store import RunStore
+    from da3stream.io.store import RunStore
 
     slot = RunStore.open(small_store).committed["state"]["slot"]
     target = small_store / "state" / str(slot) / "carry_indices" / "zarr.json"

@@ -9,7 +9,7 @@ import pytest
 from da3stream.config import KeyframeConfig
 from da3stream.errors import ConfigError, ShapeError
 from da3stream.streaming.keyframes import KeyframeFilter
-from da3stream.io.sources.frames import Frame
+from da3stream.io.sources import Frame
 
 
 def scene(h: int = 120, w: int = 160, seed: int = 0) -> np.ndarray:
@@ -117,7 +117,7 @@ def test_bad_arguments():
 
 
 def test_real_video_drops_some_frames(shared_dir):
-    from da3stream.io.sources.frames import open_source
+    from da3stream.io.sources import open_source
 
     flt = KeyframeFilter.from_config(KeyframeConfig())
     with open_source(shared_dir / "data" / "robot_unitree.mp4", max_side=256) as src:

@@ -322,7 +322,7 @@ def test_restore_continues_identically(robot_loop, robot_pred, robot_run):
 
 def test_restore_accepts_store_style_loop_records(robot_pred, robot_run):
     """Loops come back from the store as objects with the same attributes (i_from_j as a Sim3)."""
-    from da3stream.io.store.run_store import LoopEdge as StoredLoop
+    from da3stream.io.store import LoopEdge as StoredLoop
 
     pred, cfg, run = robot_pred, robot_run.cfg, robot_run
     chunk_rows, frame_rows = run.tables()
@@ -387,7 +387,7 @@ def test_long_loop_sequence_ate_drops_to_a_third(tmp_path):
     composed the same way from the stored per-frame ``chunk_from_cam``, so they differ only in
     ``world_from_chunk``.
     """
-    from da3stream.io.store.run_store import RunStore
+    from da3stream.io.store import RunStore
     from da3stream.streaming import pipeline
 
     seq = make_sequence("loop", n_frames=2400)

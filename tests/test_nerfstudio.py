@@ -15,7 +15,7 @@ from da3stream.cli import main
 from da3stream.errors import ExportError
 from da3stream.io.export.depth import grid_intrinsics
 from da3stream.io.export.nerfstudio import export_nerfstudio, opencv_to_opengl_world_from_cam
-from da3stream.io.store.run_store import RunStore
+from da3stream.io.store import RunStore
 from tests.export_helpers import N_NEW, PLANE_DEPTH_HW, pipeline_store, plane_store
 
 

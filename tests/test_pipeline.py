@@ -7,7 +7,7 @@ import pytest
 
 from da3stream.core.types import FrameBatch, Prediction
 from da3stream.io.evaluation.metrics import evaluate
-from da3stream.io.store.run_store import RunStore
+from da3stream.io.store import RunStore
 from da3stream.streaming.pipeline import reconstruct
 from tests.pipeline_helpers import SMALL_CFG, small_predictor, small_sequence, trajectory
 

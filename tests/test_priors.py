@@ -144,7 +144,7 @@ def test_pose_prior_and_calibration_condition_the_da3_predictor(tmp_path, rng):
     pytest.importorskip("torch")
     from da3stream.core import FrameBatch, random_predictor
     from da3stream.io.sources.priors import conditioning_kwargs
-    from da3stream.io.sources.frames import open_source
+    from da3stream.io.sources import open_source
 
     n, h, w = 4, 60, 80
     yy, xx = np.mgrid[0:h, 0:w]

@@ -18,9 +18,9 @@ import pytest
 
 from da3stream.synthetic.simulated import SimParams, SimulatedPredictor
 from da3stream.errors import CheckpointError, ConfigError, SourceError, StoreError
-from da3stream.io.store.run_store import RunStore, SkipReason
+from da3stream.io.store import RunStore, SkipReason
 from da3stream.io.export.trajectory import read_tum
-from da3stream.io.sources.video import write_video
+from da3stream.io.sources.video_write import write_video
 from da3stream.synthetic import make_sequence
 from tests.test_faults import CLI_CFG, Wrapped, run_cli
 

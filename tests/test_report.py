@@ -13,7 +13,7 @@ from da3stream.alignment.sim3 import Sim3
 from da3stream.errors import ExportError
 from da3stream.io.evaluation.metrics import ate_over_time, evaluate
 from da3stream.io.evaluation.report import SECTION_IDS, write_report
-from da3stream.io.store.run_store import LoopEdge, RunStore
+from da3stream.io.store import LoopEdge, RunStore
 from da3stream.io.export.trajectory import read_tum, write_tum
 from da3stream.streaming.pipeline import reconstruct
 from tests.pipeline_helpers import SMALL_CFG, small_predictor, small_sequence

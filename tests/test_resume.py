@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from da3stream.io.store.run_store import RunStore
+from da3stream.io.store import RunStore
 from da3stream.streaming.pipeline import reconstruct
 from tests.pipeline_helpers import SMALL_CFG, small_predictor, small_sequence, trajectory
 

@@ -13,8 +13,9 @@ import pytest
 
 from da3stream.errors import ExportError, ShapeError, SourceError
 from da3stream.io.sources.images import list_images, natural_key, read_image
-from da3stream.io.sources.video import probe_video, write_video
-from da3stream.io.sources.frames import Frame, open_source, source_options
+from da3stream.io.sources.video import probe_video
+from da3stream.io.sources.video_write import write_video
+from da3stream.io.sources import Frame, open_source, source_options
 
 
 def moving_frames(n: int, h: int = 48, w: int = 64, seed: int = 0) -> list[np.ndarray]:

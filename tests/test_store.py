@@ -20,7 +20,7 @@ import pytest
 
 from da3stream.alignment.sim3 import Sim3
 from da3stream.errors import ShapeError, StoreError
-from da3stream.io.store.run_store import ChunkRecord, LoopEdge, RunStore
+from da3stream.io.store import ChunkRecord, LoopEdge, RunStore
 
 HW = (16, 24)
 OVERLAP = 2

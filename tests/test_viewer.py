@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from da3stream.alignment.sim3 import Sim3
-from da3stream.io.store.run_store import LoopEdge, RunStore
+from da3stream.io.store import LoopEdge, RunStore
 from da3stream.alignment.voxel import voxel_downsample
 from da3stream.streaming.pipeline import reconstruct
 from da3stream.viewer import FollowOptions, PointBudget, StoreFollower, colorize_depth
@@ -341,7 +341,7 @@ def test_follower_keeps_a_4m_point_map_within_the_budget(tmp_path):
 
     Run with ``-m slow -s`` to print the timing.
     """
-    from da3stream.io.store.run_store import ChunkRecord
+    from da3stream.io.store import ChunkRecord
 
     path = tmp_path / "big.zarr"
     st = RunStore.create(path, config={}, model={"id": "synthetic"}, source={}, image_hw=(8, 8), depth_hw=(4, 4),

@@ -4,7 +4,7 @@
 
 Writes a bag of ``--frames`` synthetic frames per format (raw rgb8 or
 JPEG/PNG CompressedImage) into a temporary folder, then reads it back through
-:func:`da3stream.io.sources.frames.open_source` (prefetch thread on, optionally
+:func:`da3stream.io.sources.open_source` (prefetch thread on, optionally
 undistorting with ``--undistort``), each read in a fresh process. Reports the
 bag size, read rate and the reading process's peak resident memory during the
 read (sampled every 5 ms) minus its resident memory just before it: a streaming reader's growth stays
@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from da3stream.io.sources.rosbag import write_image_bag
-from da3stream.io.sources.frames import open_source
+from da3stream.io.sources import open_source
 
 _T0_NS = 1_700_000_000_000_000_000
 _FRAME_NS = 33_333_333

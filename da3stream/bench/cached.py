@@ -20,7 +20,7 @@ import numpy as np
 
 from da3stream.alignment.sim3 import Sim3
 from da3stream.core.types import FrameBatch, Prediction
-from da3stream.io.sources.frames import Frame
+from da3stream.io.sources import Frame
 
 
 @dataclass(frozen=True)

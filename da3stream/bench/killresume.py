@@ -256,7 +256,7 @@ def check_store(path) -> dict:
 
     A store that does not exist yet, or whose creation was killed, is reported with ``exists: False``.
     """
-    from da3stream.io.store.run_store import RunStore
+    from da3stream.io.store import RunStore
     from da3stream.streaming.pipeline import _creation_incomplete
 
     p = Path(path)
@@ -295,7 +295,7 @@ def check_store(path) -> dict:
 
 def compare_stores(reference, other) -> dict:
     """Frames, poses, chunk table, loops, map size and source log of two stores of the same run."""
-    from da3stream.io.store.run_store import RunStore
+    from da3stream.io.store import RunStore
 
     a, b = RunStore.open(reference, "r"), RunStore.open(other, "r")
     fa, fb = a.frames_table(), b.frames_table()

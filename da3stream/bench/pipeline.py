@@ -240,7 +240,7 @@ def run(args) -> dict:
             description = {"kind": "synthetic", **seq.describe()} if hasattr(seq, "describe") else {"kind": "synthetic"}
         else:
             from da3stream.config import load_config
-            from da3stream.io.sources.frames import open_source, source_options
+            from da3stream.io.sources import open_source, source_options
 
             path = Path(source_arg)
             if not path.exists():

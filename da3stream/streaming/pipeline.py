@@ -38,7 +38,7 @@ from da3stream.errors import AlignmentError, ConfigError, Da3StreamError, Predic
 from da3stream.streaming.fusion import FusedPoints, empty_points, fuse_window
 from da3stream.streaming.keyframes import KeyframeFilter
 from da3stream.streaming.planner import is_out_of_memory, plan_window, set_process_res, shrink_chunk_size
-from da3stream.io.sources.frames import Frame, open_source, source_options
+from da3stream.io.sources import Frame, open_source, source_options
 from da3stream.streaming.writer import AsyncWriter
 
 log = logging.getLogger(__name__)
@@ -204,7 +204,7 @@ class StreamingReconstructor:
         self.loop_closer = LoopCloser(self.cfg.loop, self.cfg.align, self.predictor, seed=self.cfg.seed)
 
     def _create_store(self, source_desc: dict, pred: Prediction, image_hw: tuple[int, int]) -> None:
-        from da3stream.io.store.run_store import RunStore
+        from da3stream.io.store import RunStore
 
         cfg_dict = to_dict(self.cfg)
         cfg_dict["chunk_size"] = self.chunk_size  # the resolved value, so resume reproduces it
@@ -581,7 +581,7 @@ class StreamingReconstructor:
     # ------------------------------------------------------------------ records
     def _chunk_record(self, chunk_id, frames, n_carry, pred, new, rows, rgb_new, world_from_cam_new, world_from_this,
                       prev_from_cur, quality, points: FusedPoints, loop_edges, carry_frames, carry_pred, carry_rows):
-        from da3stream.io.store.run_store import ChunkRecord
+        from da3stream.io.store import ChunkRecord
 
         new_frames = frames[n_carry:]
         # the source log commits up to this window's last frame: frames read beyond it (left in the buffer by an
@@ -644,7 +644,7 @@ class StreamingReconstructor:
     # ------------------------------------------------------------------ resume
     def _restore(self) -> tuple[set[int], int]:
         """Load run state from the store; return (carry source indices, last read source index)."""
-        from da3stream.io.store.run_store import RunStore
+        from da3stream.io.store import RunStore
 
         self.store = RunStore.open(self.out, mode="a")
         stored_cfg = self.store.config
@@ -923,7 +923,7 @@ class StreamingReconstructor:
 
     def _reject_window(self, window: list[Frame], n_carry: int, reason: str) -> None:
         """Drop a window whose prediction is unusable: log its new frames as skipped; the next window starts a new segment."""
-        from da3stream.io.store.run_store import SkipReason
+        from da3stream.io.store import SkipReason
 
         new = {f.index for f in window[n_carry:]}
         code = int(SkipReason.PREDICTION_REJECTED)
@@ -1021,7 +1021,7 @@ def _colour_change(a: np.ndarray, b: np.ndarray) -> float:
 
 def _skip_code(reason: str) -> int:
     """``source/skipped_reason`` code of a source's skip message (wrong-size frames are invalid, the rest undecodable)."""
-    from da3stream.io.store.run_store import SkipReason
+    from da3stream.io.store import SkipReason
 
     return int(SkipReason.INVALID if "aspect ratio" in reason else SkipReason.DECODE_ERROR)
 

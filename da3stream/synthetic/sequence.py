@@ -4,7 +4,7 @@ A :class:`SyntheticSequence` holds per frame the true ``world_from_cam``
 (F, 4, 4), the intrinsics (3, 3) at render resolution and the timestamps;
 RGB (uint8), z-depth (float32) and the sky mask are rendered lazily in small
 batches and cached. It writes a video (PyAV, via
-:func:`da3stream.io.sources.video.write_video`), an image folder, the TUM ground truth
+:func:`da3stream.io.sources.video_write.write_video`), an image folder, the TUM ground truth
 and an ``.npz`` bundle, and it is a ground-truth source for
 :class:`~da3stream.synthetic.simulated.SimulatedPredictor`.
 
@@ -247,7 +247,7 @@ class SyntheticSequence:
 
     def write_video(self, path, codec: str = "libx264", fps: Optional[float] = None, crf: Optional[int] = None) -> int:
         """Encode all frames (yuv420p; lossy codecs change pixels). Returns the number of frames written."""
-        from da3stream.io.sources.video import write_video
+        from da3stream.io.sources.video_write import write_video
 
         return write_video(path, self.frames(), fps or self.fps, codec=codec, crf=crf)
 

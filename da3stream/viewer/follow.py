@@ -32,7 +32,7 @@ import zarr
 
 from da3stream.errors import Da3StreamError, StoreError
 from da3stream.io.store import zarr_util as zu
-from da3stream.io.store.run_store import RunStore
+from da3stream.io.store import RunStore
 from da3stream.viewer.decimate import ChunkCloud, PointBudget, robust_extent
 from da3stream.io.export.colormap import colorize_depth
 

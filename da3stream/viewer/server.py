@@ -138,7 +138,7 @@ class LiveViewer:
         except ImportError as exc:
             raise ConfigError(f"the viewer needs viser ({exc}); install it with: pip install 'da3stream[viewer]'") from None
         if not wait_for_store:
-            from da3stream.io.store.run_store import RunStore
+            from da3stream.io.store import RunStore
 
             RunStore.open(self.path, mode="r")  # one-line StoreError for a missing or foreign directory
         if self.options.host not in LOOPBACK:

@@ -160,7 +160,7 @@ def ate_over_time(store_or_est_tum: Any, gt_tum_path: PathLike, *, max_diff: flo
 
 
 def _load_estimate(src: Any) -> tuple[np.ndarray, np.ndarray]:
-    from da3stream.io.store.run_store import RunStore
+    from da3stream.io.store import RunStore
 
     if isinstance(src, RunStore) or (isinstance(src, (str, os.PathLike)) and os.path.isdir(src)):
         from da3stream.io.export.run_exports import trajectory

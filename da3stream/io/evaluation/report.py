@@ -1,7 +1,7 @@
 """A self-contained HTML report of a run store: summary, trajectory, alignment quality, loops, accuracy,
 depth previews and timings.
 
-One file, no external resources: plots are PNG images (matplotlib, Agg)
+One file, no external resources (rendered by :mod:`da3stream.io.evaluation.report_html`): plots are PNG images (matplotlib, Agg)
 embedded as base64 ``data:`` URIs and the style sheet is inline, so the report
 can be mailed or archived as is. With ``png_dir`` the same plots are also
 written as PNG files (for a README).
@@ -17,20 +17,18 @@ against a ground-truth TUM file, :func:`da3stream.io.evaluation.metrics.ate_over
 
 from __future__ import annotations
 
-import base64
 import datetime as _dt
-import html
 import io
 import logging
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Optional, Union
 
 import numpy as np
 
 from da3stream.errors import ExportError
-from da3stream.io.store.run_store import RunStore
+from da3stream.io.evaluation.report_html import Report, Section, html_note, html_table, render_html
+from da3stream.io.store import RunStore
 
 log = logging.getLogger(__name__)
 
@@ -48,82 +46,6 @@ ACCEPTED_COLOR = "#1eb43c"
 REJECTED_COLOR = "#dc3232"
 MAX_TABLE_ROWS = 200
 """Rows of the loop-candidate and flagged-window tables (the rest is counted, not listed)."""
-
-CSS = """
-body{font-family:-apple-system,'Segoe UI',Helvetica,Arial,sans-serif;margin:0;color:#1d2330;background:#f6f7f9}
-header{background:#1d2330;color:#fff;padding:18px 32px}header h1{margin:0;font-size:22px}
-header p{margin:4px 0 0;color:#b9c0cc;font-size:13px}
-nav{padding:8px 32px;background:#e8ebf0;font-size:14px}nav a{margin-right:16px;color:#1d4f91;text-decoration:none}
-main{padding:8px 32px 40px;max-width:1200px}
-section{background:#fff;border:1px solid #dde1e7;border-radius:6px;padding:12px 20px;margin:16px 0}
-h2{font-size:18px;margin:6px 0 10px}
-table{border-collapse:collapse;font-size:13px;margin:8px 0}td,th{border:1px solid #dde1e7;padding:3px 8px;text-align:left}
-th{background:#f0f2f5}td.num{text-align:right;font-variant-numeric:tabular-nums}
-img{max-width:100%;height:auto;display:block;margin:8px 0}.note{color:#5b6475;font-size:13px}
-.flag{color:#b05f00;font-weight:600}
-"""
-
-
-@dataclass
-class Section:
-    """One part of the report: a title, HTML paragraphs and tables, and figures (PNG bytes)."""
-
-    id: str
-    title: str
-    blocks: list = field(default_factory=list)
-    """Safe HTML fragments, in order (figures are referenced by ``("figure", name)`` tuples)."""
-
-
-@dataclass
-class Report:
-    """A built report: sections plus their figures, ready to render or write."""
-
-    title: str
-    subtitle: str
-    sections: list
-    figures: dict = field(default_factory=dict)
-    """name -> PNG bytes."""
-    facts: dict = field(default_factory=dict)
-    """The summary numbers (JSON-able)."""
-
-
-# ----------------------------------------------------------------------------- small HTML helpers
-
-
-def _esc(v: Any) -> str:
-    return html.escape(str(v), quote=True)
-
-
-def _fmt(v: Any) -> str:
-    if isinstance(v, (bool, np.bool_)):
-        return "yes" if v else "no"
-    if isinstance(v, (float, np.floating)):
-        v = float(v)
-        if not np.isfinite(v):
-            return "–"
-        return f"{v:.4g}" if abs(v) < 1e5 else f"{v:,.0f}"
-    if isinstance(v, (int, np.integer)):
-        return f"{int(v):,}"
-    return str(v)
-
-
-def _table(rows: Sequence[Sequence[Any]], header: Optional[Sequence[str]] = None) -> str:
-    out = ["<table>"]
-    if header:
-        out.append("<tr>" + "".join(f"<th>{_esc(h)}</th>" for h in header) + "</tr>")
-    for r in rows:
-        cells = []
-        for v in r:
-            num = isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
-            cells.append(f"<td class=\"num\">{_esc(_fmt(v))}</td>" if num else f"<td>{_esc(_fmt(v))}</td>")
-        out.append("<tr>" + "".join(cells) + "</tr>")
-    out.append("</table>")
-    return "".join(out)
-
-
-def _note(text: str) -> str:
-    return f"<p class=\"note\">{_esc(text)}</p>"
-
 
 # ----------------------------------------------------------------------------- plotting helpers
 
@@ -239,7 +161,7 @@ def _summary(store: RunStore, frames: dict, chunks: dict, commit: dict, accuracy
     if accuracy is not None:
         rows.append(("ATE RMSE (Sim(3)-aligned)", accuracy["ate_rmse"]))
         facts["ate_rmse"] = float(accuracy["ate_rmse"])
-    sec = Section("summary", "Summary", [_table(rows, ("", "value"))])
+    sec = Section("summary", "Summary", [html_table(rows, ("", "value"))])
     if facts["simulated"] or facts["weights_random"]:
         sec.blocks.append("<p class=\"flag\">These results come from " + (
             "the simulated predictor" if facts["simulated"] else "a network with random weights") +
@@ -251,7 +173,7 @@ def _trajectory(frames: dict, chunks: dict, loops: np.ndarray, rejected: np.ndar
     sec = Section("trajectory", "Trajectory")
     wcam = frames["world_from_cam"]
     if wcam.shape[0] < 2:
-        sec.blocks.append(_note("Fewer than two committed frames: nothing to plot."))
+        sec.blocks.append(html_note("Fewer than two committed frames: nothing to plot."))
         return sec
     origin, axes = _first_camera_axes(wcam)
     uvh = _plane(wcam[:, :3, 3], origin, axes)
@@ -274,7 +196,7 @@ def _trajectory(frames: dict, chunks: dict, loops: np.ndarray, rejected: np.ndar
     ax_h.grid(True, lw=0.4, alpha=0.5)
     figures["trajectory"] = _png(fig)
     path_len = float(np.linalg.norm(np.diff(wcam[:, :3, 3], axis=0), axis=1).sum())
-    sec.blocks.append(_note(f"{wcam.shape[0]:,} camera positions (live poses, after loop closure), "
+    sec.blocks.append(html_note(f"{wcam.shape[0]:,} camera positions (live poses, after loop closure), "
                             f"path length {path_len:.4g} world units; height is along the first camera's up (-y)."))
     sec.blocks.append(("figure", "trajectory"))
     return sec
@@ -284,7 +206,7 @@ def _alignment(chunks: dict, figures: dict) -> Section:
     sec = Section("alignment", "Per-window alignment quality")
     n = chunks["frame_start"].shape[0]
     if n == 0:
-        sec.blocks.append(_note("No committed windows."))
+        sec.blocks.append(html_note("No committed windows."))
         return sec
     k = np.arange(n)
     status = chunks["status"].astype(int)
@@ -313,7 +235,7 @@ def _alignment(chunks: dict, figures: dict) -> Section:
     axs[-1].set_xlabel("window")
     figures["alignment"] = _png(fig)
     counts = {name: int(np.sum(status == code)) for code, name in STATUS_NAMES.items()}
-    sec.blocks.append(_note("Windows by status: " + ", ".join(f"{v} {k_}" for k_, v in counts.items()) +
+    sec.blocks.append(html_note("Windows by status: " + ", ".join(f"{v} {k_}" for k_, v in counts.items()) +
                             ". Gated windows used a fallback estimate; a new segment could not be aligned."))
     sec.blocks.append(("figure", "alignment"))
     flagged = np.flatnonzero((status == 1) | (status == 3))
@@ -321,9 +243,9 @@ def _alignment(chunks: dict, figures: dict) -> Section:
         rows = [(int(j), STATUS_NAMES.get(int(status[j]), str(status[j])), str(chunks["flag_reason"][j]),
                  float(chunks["inlier_ratio"][j]), float(chunks["residual"][j]), float(chunks["scale"][j]),
                  int(chunks["segment"][j])) for j in flagged[:MAX_TABLE_ROWS]]
-        sec.blocks.append(_table(rows, ("window", "status", "reason", "inlier ratio", "residual", "scale", "segment")))
+        sec.blocks.append(html_table(rows, ("window", "status", "reason", "inlier ratio", "residual", "scale", "segment")))
         if flagged.size > MAX_TABLE_ROWS:
-            sec.blocks.append(_note(f"... and {flagged.size - MAX_TABLE_ROWS} more flagged windows."))
+            sec.blocks.append(html_note(f"... and {flagged.size - MAX_TABLE_ROWS} more flagged windows."))
     return sec
 
 
@@ -332,13 +254,13 @@ def _loops(frames: dict, cands: dict, loops_tab: dict, figures: dict) -> Section
     n_c = cands["chunk_i"].shape[0]
     n_l = loops_tab["chunk_i"].shape[0]
     if n_c == 0 and n_l == 0:
-        sec.blocks.append(_note("No loop candidates were considered (loop closure off, no revisits, or no descriptors)."))
+        sec.blocks.append(html_note("No loop candidates were considered (loop closure off, no revisits, or no descriptors)."))
         return sec
     wcam = frames["world_from_cam"]
     accepted = np.asarray(cands["accepted"], bool)
     pairs_acc = np.stack([loops_tab["frame_i"], loops_tab["frame_j"]], axis=1)
     pairs_rej = np.stack([cands["frame_i"][~accepted], cands["frame_j"][~accepted]], axis=1)
-    sec.blocks.append(_note(f"{n_l} verified loop edges (pose-graph constraints), {n_c} candidates "
+    sec.blocks.append(html_note(f"{n_l} verified loop edges (pose-graph constraints), {n_c} candidates "
                             f"({int(accepted.sum())} accepted, {int((~accepted).sum())} rejected)."))
     if wcam.shape[0] >= 2:
         origin, axes = _first_camera_axes(wcam)
@@ -363,17 +285,17 @@ def _loops(frames: dict, cands: dict, loops_tab: dict, figures: dict) -> Section
     rows = [(int(cands["chunk_i"][m]), int(cands["chunk_j"][m]), int(cands["frame_i"][m]), int(cands["frame_j"][m]),
              float(cands["similarity"][m]), float(cands["inlier_ratio"][m]), float(cands["residual"][m]),
              bool(accepted[m]), str(cands["reason"][m])) for m in range(min(n_c, MAX_TABLE_ROWS))]
-    sec.blocks.append(_table(rows, ("chunk i", "chunk j", "frame i", "frame j", "similarity", "inlier ratio",
+    sec.blocks.append(html_table(rows, ("chunk i", "chunk j", "frame i", "frame j", "similarity", "inlier ratio",
                                     "residual", "accepted", "reason")))
     if n_c > MAX_TABLE_ROWS:
-        sec.blocks.append(_note(f"... and {n_c - MAX_TABLE_ROWS} more candidates."))
+        sec.blocks.append(html_note(f"... and {n_c - MAX_TABLE_ROWS} more candidates."))
     return sec
 
 
 def _accuracy(store: RunStore, gt_tum: Optional[PathLike], max_diff: float, figures: dict) -> tuple[Section, Optional[dict]]:
     sec = Section("accuracy", "Accuracy against ground truth")
     if gt_tum is None:
-        sec.blocks.append(_note("No ground truth given (pass --gt gt.tum for ATE over time)."))
+        sec.blocks.append(html_note("No ground truth given (pass --gt gt.tum for ATE over time)."))
         return sec, None
     from da3stream.io.evaluation.metrics import ate_over_time, evaluate
 
@@ -399,12 +321,12 @@ def _accuracy(store: RunStore, gt_tum: Optional[PathLike], max_diff: float, figu
     ax_top.grid(True, lw=0.4, alpha=0.5)
     ax_top.legend(fontsize=8)
     figures["accuracy"] = _png(fig)
-    sec.blocks.append(_note(f"Ground truth: {Path(gt_tum).name}; {metrics['n_matched']} of {metrics['n_est']} poses "
+    sec.blocks.append(html_note(f"Ground truth: {Path(gt_tum).name}; {metrics['n_matched']} of {metrics['n_est']} poses "
                             f"matched within {max_diff} s; alignment scale {metrics['align_scale']:.4g}."))
     sec.blocks.append(("figure", "accuracy"))
     keys = ("ate_rmse", "ate_mean", "ate_median", "ate_max", "rpe_trans_rmse", "rpe_rot_rmse_deg", "path_length",
             "ate_percent_of_path")
-    sec.blocks.append(_table([(k, float(metrics[k])) for k in keys], ("metric", "value")))
+    sec.blocks.append(html_table([(k, float(metrics[k])) for k in keys], ("metric", "value")))
     return sec, metrics
 
 
@@ -414,7 +336,7 @@ def _previews(store: RunStore, frames: dict, n_previews: int, figures: dict) -> 
     sec = Section("previews", "Depth and confidence previews")
     F = frames["index"].shape[0]
     if F == 0 or n_previews <= 0:
-        sec.blocks.append(_note("No committed frames."))
+        sec.blocks.append(html_note("No committed frames."))
         return sec
     rows = np.unique(np.linspace(0, F - 1, min(n_previews, F)).round().astype(np.int64))
     depth = np.asarray(store.depth(rows), np.float32)
@@ -438,7 +360,7 @@ def _previews(store: RunStore, frames: dict, n_previews: int, figures: dict) -> 
             if j == 0:
                 ax.set_ylabel(kind, fontsize=9)
     figures["previews"] = _png(fig)
-    sec.blocks.append(_note(f"{len(rows)} frames sampled evenly; depth coloured by inverse depth (near = red), each "
+    sec.blocks.append(html_note(f"{len(rows)} frames sampled evenly; depth coloured by inverse depth (near = red), each "
                             "frame scaled to its own 2-98 percentile range; confidence bright = reliable."))
     sec.blocks.append(("figure", "previews"))
     return sec
@@ -449,7 +371,7 @@ def _timings(store: RunStore, frames: dict, figures: dict) -> Section:
     run = store.attrs_get("run", {}) or {}
     t = dict(run.get("timings") or {})
     if not t:
-        sec.blocks.append(_note(f"No timings recorded (they are written when a run ends; status: {store.status})."))
+        sec.blocks.append(html_note(f"No timings recorded (they are written when a run ends; status: {store.status})."))
         return sec
     total = float(t.get("total", np.nan))
     secs = {k: float(v) for k, v in t.items() if k not in COUNT_KEYS and k != "total" and isinstance(v, (int, float))}
@@ -472,9 +394,9 @@ def _timings(store: RunStore, frames: dict, figures: dict) -> Section:
              1000.0 * secs[k] / n_frames) for k in sorted(secs, key=lambda k: -secs[k])]
     if np.isfinite(total):
         rows.append(("total", total, 100.0, 1000.0 * total / n_frames))
-    sec.blocks.append(_table(rows, ("stage", "seconds", "% of total", "ms per frame")))
+    sec.blocks.append(html_table(rows, ("stage", "seconds", "% of total", "ms per frame")))
     if counts:
-        sec.blocks.append(_table([(k, v) for k, v in counts.items()], ("counter", "value")))
+        sec.blocks.append(html_table([(k, v) for k, v in counts.items()], ("counter", "value")))
     return sec
 
 
@@ -517,30 +439,6 @@ def build_report(store_or_path: Union[RunStore, PathLike], *, gt_tum: Optional[P
     name = title or Path(store.path).name
     subtitle = f"run store {store.path} · commit {commit['id']} · status {facts['status']} · report written {now}"
     return Report(title=f"da3stream report — {name}", subtitle=subtitle, sections=sections, figures=figures, facts=facts)
-
-
-def render_html(report: Report) -> str:
-    """The report as one self-contained HTML page (figures inline as base64 PNG)."""
-    nav = "".join(f"<a href=\"#{s.id}\">{_esc(s.title)}</a>" for s in report.sections)
-    parts = [
-        "<!DOCTYPE html>",
-        "<html lang=\"en\"><head><meta charset=\"utf-8\">",
-        "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">",
-        f"<title>{_esc(report.title)}</title><style>{CSS}</style></head><body>",
-        f"<header><h1>{_esc(report.title)}</h1><p>{_esc(report.subtitle)}</p></header>",
-        f"<nav>{nav}</nav><main>",
-    ]
-    for s in report.sections:
-        parts.append(f"<section id=\"{_esc(s.id)}\"><h2>{_esc(s.title)}</h2>")
-        for b in s.blocks:
-            if isinstance(b, tuple) and b[0] == "figure":
-                data = base64.b64encode(report.figures[b[1]]).decode("ascii")
-                parts.append(f"<img alt=\"{_esc(b[1])}\" src=\"data:image/png;base64,{data}\">")
-            else:
-                parts.append(b)
-        parts.append("</section>")
-    parts.append("</main></body></html>")
-    return "\n".join(parts)
 
 
 def write_report(store_or_path: Union[RunStore, PathLike], out_html: PathLike, *, gt_tum: Optional[PathLike] = None,

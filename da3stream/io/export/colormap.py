@@ -6,7 +6,7 @@ from typing import Optional
 
 import numpy as np
 
-from da3stream.errors import ShapeError, check_shape
+from da3stream.errors import ConfigError, check_shape
 
 __all__ = ["colorize", "colorize_conf", "colorize_depth", "fit_width"]
 
@@ -30,8 +30,8 @@ def colorize(values: np.ndarray, valid: np.ndarray, lo: float, hi: float, cmap: 
 
     check_shape("colorize(values)", values, ("h", "w"), "fiu")
     check_shape("colorize(valid)", valid, values.shape, "b")
-    if cmap not in colormaps:
-        raise ShapeError(f"colorize(cmap): unknown colour map {cmap!r}")
+    if cmap not in colormaps:  # an option value, not an array: ConfigError (a ValueError, like ShapeError was)
+        raise ConfigError(f"colorize(cmap): unknown colour map {cmap!r}")
     x = np.asarray(values, dtype=np.float64)
     span = float(hi) - float(lo)
     t = (x - float(lo)) / span if span > 0 else np.zeros_like(x)

@@ -42,14 +42,14 @@ import cv2
 import numpy as np
 
 from da3stream.errors import ExportError, ShapeError, check_shape
-from da3stream.io.store.run_store import RunStore
+from da3stream.io.store import RunStore
 
 log = logging.getLogger(__name__)
 
 PathLike = Union[str, os.PathLike]
 
 __all__ = [
-    "DEPTH_FORMATS", "PNG16_MAX", "chunk_scales", "depth_to_png16", "export_depth", "export_rows", "frame_stem",
+    "DEPTH_FORMATS", "PNG16_MAX", "atomic_write", "chunk_scales", "depth_to_png16", "export_depth", "export_rows", "frame_stem",
     "grid_intrinsics", "png16_to_depth", "read_depth_export", "world_depth",
 ]
 
@@ -176,10 +176,11 @@ def _write_image(path: Path, img: np.ndarray) -> None:
     ok, buf = cv2.imencode(".png", img)
     if not ok:
         raise ExportError(f"{path}: PNG encoding failed")
-    _atomic_write(path, buf.tobytes())
+    atomic_write(path, buf.tobytes())
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through ``path.partial`` and a rename; ExportError (one line) on an OS error."""
     tmp = path.with_name(path.name + ".partial")
     try:
         tmp.write_bytes(data)
@@ -191,7 +192,7 @@ def _atomic_write(path: Path, data: bytes) -> None:
 
 def write_json(path: Path, obj: dict) -> None:
     """Write ``obj`` as indented JSON (atomic rename)."""
-    _atomic_write(path, (json.dumps(obj, indent=2) + "\n").encode("utf-8"))
+    atomic_write(path, (json.dumps(obj, indent=2) + "\n").encode("utf-8"))
 
 
 def make_dir(path: Path) -> None:
@@ -278,36 +279,60 @@ def _export_depth(store: RunStore, out: Path, fmt: str, depth_scale, conf_scale,
         depth = world_depth(store, batch, table["chunk_id"], scales)
         cf = store.conf(batch).astype(np.float32) if with_conf else None
         for k, r in enumerate(batch):
-            stem = frame_stem(table["index"][r])
             entry = {"row": int(r), "index": int(table["index"][r]), "timestamp": float(table["timestamp"][r]),
                      "intrinsics": K_grid[r].tolist(), "world_from_cam": table["world_from_cam"][r].tolist()}
+            frame = (depth[k], None if cf is None else cf[k], K_grid[r])
             if fmt == "png16":
-                values, n_lost = depth_to_png16(depth[k], depth_scale)
-                lost += n_lost
-                write_png16(out / "depth" / f"{stem}.png", values)
-                entry["depth"] = f"depth/{stem}.png"
-                if with_conf:
-                    write_png16(out / "conf" / f"{stem}.png", _conf_to_png16(cf[k], conf_scale))
-                    entry["conf"] = f"conf/{stem}.png"
+                lost += _write_png_frame(out, table, r, frame, depth_scale, conf_scale, entry)
             else:
-                arrays = {"depth": depth[k], "intrinsics": K_grid[r], "world_from_cam": table["world_from_cam"][r],
-                          "index": np.int64(table["index"][r]), "timestamp": np.float64(table["timestamp"][r])}
-                if with_conf:
-                    arrays["conf"] = cf[k]
-                _write_npz(out / f"{stem}.npz", arrays, compress)
-                entry["file"] = f"{stem}.npz"
+                _write_npz_frame(out, table, r, frame, compress, entry)
             entries.append(entry)
     if lost:
         log.warning("%s: %d depth pixels beyond %.6g world units were written as 0 (invalid); lower depth_scale",
                     out, lost, PNG16_MAX / depth_scale)
-    h, w = store.depth_hw
-    manifest = {
+    write_json(out / MANIFEST, _manifest(fmt, depth_scale, conf_scale if with_conf else None, store.depth_hw, entries))
+    log.info("wrote depth of %d frames to %s (%s)", len(entries), out, fmt)
+    return {"frames": len(entries), "format": fmt, "depth_scale": depth_scale,
+            "conf_scale": conf_scale if with_conf else None, "invalid_out_of_range": int(lost)}
+
+
+def _write_png_frame(out: Path, table: dict, r: int, frame: tuple, depth_scale: float, conf_scale: Optional[float],
+                     entry: dict) -> int:
+    """Write one frame's ``depth/`` (and ``conf/``) PNG, name them in ``entry``; return the depth pixels lost."""
+    depth, cf, _ = frame
+    stem = frame_stem(table["index"][r])
+    values, n_lost = depth_to_png16(depth, depth_scale)
+    write_png16(out / "depth" / f"{stem}.png", values)
+    entry["depth"] = f"depth/{stem}.png"
+    if cf is not None:
+        write_png16(out / "conf" / f"{stem}.png", _conf_to_png16(cf, conf_scale))
+        entry["conf"] = f"conf/{stem}.png"
+    return n_lost
+
+
+def _write_npz_frame(out: Path, table: dict, r: int, frame: tuple, compress: bool, entry: dict) -> None:
+    """Write one frame's ``.npz`` (depth, conf, intrinsics, pose, index, timestamp) and name it in ``entry``."""
+    depth, cf, K = frame
+    stem = frame_stem(table["index"][r])
+    arrays = {"depth": depth, "intrinsics": K, "world_from_cam": table["world_from_cam"][r],
+              "index": np.int64(table["index"][r]), "timestamp": np.float64(table["timestamp"][r])}
+    if cf is not None:
+        arrays["conf"] = cf
+    _write_npz(out / f"{stem}.npz", arrays, compress)
+    entry["file"] = f"{stem}.npz"
+
+
+def _manifest(fmt: str, depth_scale: Optional[float], conf_scale: Optional[float], depth_hw: tuple, entries: list) -> dict:
+    """The ``depth_scale.json`` of a depth export (``conf_scale`` None when no confidence was written)."""
+    h, w = depth_hw
+    with_conf = conf_scale is not None
+    return {
         "format": fmt,
         "encoding": ("depth = value / depth_scale (world units); value 0 = invalid" if fmt == "png16"
                      else "float32 arrays 'depth' (world units; stored invalid values kept), 'conf', 'intrinsics', "
                           "'world_from_cam', 'index', 'timestamp'"),
         "depth_scale": depth_scale,
-        "conf_scale": conf_scale if with_conf else None,
+        "conf_scale": conf_scale,
         "conf_encoding": ("conf = value / conf_scale; saturates at 65535" if with_conf and fmt == "png16" else None),
         "units": "run world units (metres for a metric model; the gauge of the run otherwise)",
         "depth_kind": "z-depth along the camera +z axis (OpenCV camera)",
@@ -316,10 +341,6 @@ def _export_depth(store: RunStore, out: Path, fmt: str, depth_scale, conf_scale,
         "pose_convention": "world_from_cam 4x4, OpenCV camera axes (+x right, +y down, +z forward)",
         "frames": entries,
     }
-    write_json(out / MANIFEST, manifest)
-    log.info("wrote depth of %d frames to %s (%s)", len(entries), out, fmt)
-    return {"frames": len(entries), "format": fmt, "depth_scale": depth_scale,
-            "conf_scale": conf_scale if with_conf else None, "invalid_out_of_range": int(lost)}
 
 
 def _maxima(store: RunStore, rows, chunk_id, scales, with_conf: bool) -> tuple[float, float]:

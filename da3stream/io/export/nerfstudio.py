@@ -43,7 +43,7 @@ from da3stream.io.export.depth import (
     DEFAULT_DEPTH_SCALE, PNG16_MAX, chunk_scales, check_every, depth_to_png16, export_rows, frame_stem, grid_intrinsics,
     make_dir, world_depth, write_json, write_png16, write_rgb_png,
 )
-from da3stream.io.store.run_store import RunStore
+from da3stream.io.store import RunStore
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ import numpy as np
 
 from da3stream.errors import ExportError
 from da3stream.io.export.ply import PlyWriter, write_ply
-from da3stream.io.store.run_store import RunStore
+from da3stream.io.store import RunStore
 from da3stream.io.export.trajectory import write_kitti, write_tum
 
 log = logging.getLogger(__name__)
@@ -69,7 +69,7 @@ def full_trajectory(store_or_path: StoreLike, keyframes_only: bool = False, ever
     """
     from da3stream.alignment.smoothing import blend_frame_poses
     from da3stream.io.export.depth import check_every
-    from da3stream.io.store.run_store import SkipReason
+    from da3stream.io.store import SkipReason
 
     every = check_every(every, "trajectory")
     with _opened(store_or_path) as store:
@@ -99,11 +99,7 @@ def full_trajectory(store_or_path: StoreLike, keyframes_only: bool = False, ever
 
 def export_tum(store_or_path: StoreLike, path: Union[str, os.PathLike], *, keyframes_only: bool = False, every: int = 1) -> int:
     """Write the trajectory as TUM (real timestamps; see :func:`full_trajectory`); return the pose count."""
-    with _opened(store_or_path) as store:
-        ts, world_from_cam, index, _ = full_trajectory(store, keyframes_only, every)
-        segments = pose_segments(store, index)
-    if ts.shape[0] == 0:
-        raise ExportError(f"{path}: the store has no committed frames to export")
+    ts, world_from_cam, segments = _trajectory_to_export(store_or_path, path, keyframes_only, every)
     write_tum(path, ts, world_from_cam, segments=segments)
     log.info("wrote %d poses to %s", ts.shape[0], path)
     return int(ts.shape[0])
@@ -111,15 +107,21 @@ def export_tum(store_or_path: StoreLike, path: Union[str, os.PathLike], *, keyfr
 
 def export_kitti(store_or_path: StoreLike, path: Union[str, os.PathLike], *, keyframes_only: bool = False, every: int = 1) -> int:
     """Write the trajectory as KITTI poses (time order; see :func:`full_trajectory`); return the pose count."""
+    ts, world_from_cam, segments = _trajectory_to_export(store_or_path, path, keyframes_only, every)
+    write_kitti(path, world_from_cam)
+    _write_segments_sidecar(path, segments)
+    log.info("wrote %d poses to %s", ts.shape[0], path)
+    return int(ts.shape[0])
+
+
+def _trajectory_to_export(store_or_path: StoreLike, path, keyframes_only: bool, every: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(timestamps (N,), world_from_cam (N, 4, 4), segments (N,))`` of :func:`full_trajectory`; ExportError when empty."""
     with _opened(store_or_path) as store:
         ts, world_from_cam, index, _ = full_trajectory(store, keyframes_only, every)
         segments = pose_segments(store, index)
     if ts.shape[0] == 0:
         raise ExportError(f"{path}: the store has no committed frames to export")
-    write_kitti(path, world_from_cam)
-    _write_segments_sidecar(path, segments)
-    log.info("wrote %d poses to %s", ts.shape[0], path)
-    return int(ts.shape[0])
+    return ts, world_from_cam, segments
 
 
 def pose_segments(store_or_path: StoreLike, index: np.ndarray) -> np.ndarray:

@@ -1,7 +1,6 @@
-"""Video files through PyAV: writing test/demo videos and decoding frames in-stream.
+"""Video files through PyAV: decoding frames in-stream (writing test/demo videos: :mod:`.video_write`).
 
-Nothing here extracts frames to disk. :func:`write_video` encodes an iterable of
-RGB frames; :func:`probe_video` reads the stream header; :func:`decode_video`
+Nothing here extracts frames to disk. :func:`probe_video` reads the stream header; :func:`decode_video`
 yields ``(index, timestamp, image)`` for every decodable frame, optionally
 starting at a source index (seek to the keyframe before it, then decode forward).
 
@@ -15,27 +14,19 @@ from __future__ import annotations
 
 import heapq
 import logging
-import math
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Iterable, Iterator, NamedTuple, Optional
+from typing import Any, Generator, Iterator, NamedTuple, Optional
 
-import numpy as np
-
-from da3stream.errors import ExportError, ShapeError, SourceError, check_shape
+from da3stream.errors import SourceError
 
 log = logging.getLogger(__name__)
 
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".mov", ".webm", ".avi", ".m4v")
 """File suffixes (compared lower-case) that :func:`is_video_path` treats as video."""
-
-# Codecs whose yuv420p output needs even width and height.
-_CHROMA_SUBSAMPLED = ("yuv420p", "yuvj420p", "nv12", "yuv422p")
-# Encoder option name for a constant rate factor, per codec.
-_CRF_CODECS = {"libx264": {}, "libx264rgb": {}, "libx265": {}, "libvpx-vp9": {"b": "0"}, "libaom-av1": {"b": "0"}, "libsvtav1": {}}
 
 
 def is_video_path(path: str | os.PathLike) -> bool:
@@ -43,126 +34,11 @@ def is_video_path(path: str | os.PathLike) -> bool:
     return Path(path).suffix.lower() in VIDEO_SUFFIXES
 
 
-def write_video(
-    path: str | os.PathLike,
-    frames: Iterable[np.ndarray],
-    fps: float,
-    codec: str = "libx264",
-    crf: Optional[int] = None,
-    *,
-    pix_fmt: str = "yuv420p",
-    gop: Optional[int] = None,
-) -> int:
-    """Encode RGB frames into a video file; return the number of frames written.
-
-    Args:
-        path: output file; the container is chosen from its suffix (``.mp4``,
-            ``.mkv``, ``.avi``, ...). Parent folders must exist.
-        frames: iterable of ``(H, W, 3) uint8`` RGB images, all of one size.
-        fps: frame rate; frame ``i`` gets the timestamp ``i / fps`` seconds.
-        codec: FFmpeg encoder name (``libx264``, ``mpeg4``, ``libvpx-vp9``,
-            ``ffv1`` ...).
-        crf: constant rate factor for codecs that have one (x264/x265/vp9/av1);
-            ``0`` with ``libx264rgb``/``pix_fmt="rgb24"`` or ``ffv1`` with
-            ``pix_fmt="bgr0"`` is lossless. None keeps the encoder default.
-        pix_fmt: encoder pixel format, ``yuv420p`` by default (what players and
-            the real-world videos use).
-        gop: keyframe interval in frames; None keeps the encoder default.
-
-    Odd sizes: chroma-subsampled formats (``yuv420p``) need even width and
-    height, so an odd-sized frame is padded by one replicated row/column at the
-    bottom/right; the video is then one pixel larger than the input (logged
-    once). Other pixel formats keep the size.
-
-    Raises:
-        ShapeError: a frame is not ``(H, W, 3) uint8`` or differs in size from the first.
-        ExportError: no frames, a bad ``fps``, an unknown codec, or the file cannot be written.
-    """
-    import av
-
-    path = Path(path)
-    if not (isinstance(fps, (int, float)) and math.isfinite(fps) and fps > 0):
-        raise ExportError(f"{path}: fps must be a positive number, got {fps!r}")
-    if codec not in av.codecs_available:
-        raise ExportError(f"{path}: unknown video codec {codec!r}")
-    rate = Fraction(fps).limit_denominator(1001 * 1000)
-    options: dict[str, str] = {}
-    if crf is not None:
-        if codec not in _CRF_CODECS:
-            raise ExportError(f"{path}: codec {codec!r} has no crf setting (use one of {sorted(_CRF_CODECS)})")
-        options = {"crf": str(int(crf)), **_CRF_CODECS[codec]}
-
-    try:
-        container = av.open(str(path), mode="w")
-    except (OSError, av.FFmpegError, ValueError) as exc:
-        raise ExportError(f"{path}: cannot open for writing ({_reason(exc)})") from None
-
-    n = 0
-    ok = False
-    try:
-        stream = None
-        size = None
-        pad = (0, 0)
-        for image in frames:
-            check_shape(f"{path.name} frame {n}", image, (None, None, 3), "u")
-            if image.dtype != np.uint8:
-                raise ShapeError(f"{path.name} frame {n}: expected dtype uint8, got {image.dtype}")
-            if size is None:
-                size = image.shape[:2]
-                if pix_fmt in _CHROMA_SUBSAMPLED:
-                    pad = (size[0] % 2, size[1] % 2)
-                    if any(pad):
-                        log.info("%s: padding %dx%d frames to even size for %s", path.name, size[1], size[0], pix_fmt)
-                stream = _add_stream(container, codec, rate, size[1] + pad[1], size[0] + pad[0], pix_fmt, options, gop, path)
-            elif image.shape[:2] != size:
-                raise ShapeError(f"{path.name} frame {n}: size {image.shape[1]}x{image.shape[0]} differs from the first frame's {size[1]}x{size[0]}")
-            if any(pad):
-                image = np.pad(image, ((0, pad[0]), (0, pad[1]), (0, 0)), mode="edge")
-            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
-            frame.pts = n
-            frame.time_base = Fraction(1) / rate
-            for packet in stream.encode(frame):
-                container.mux(packet)
-            n += 1
-        if stream is None:
-            raise ExportError(f"{path}: no frames to write")
-        for packet in stream.encode(None):
-            container.mux(packet)
-        ok = True
-    except av.FFmpegError as exc:
-        raise ExportError(f"{path}: encoding failed at frame {n} ({_reason(exc)})") from None
-    finally:
-        try:
-            container.close()
-        except av.FFmpegError as exc:  # pragma: no cover - closing a broken muxer
-            if ok:
-                raise ExportError(f"{path}: cannot finish the file ({_reason(exc)})") from None
-        if not ok:
-            path.unlink(missing_ok=True)
-    log.debug("wrote %d frames to %s (%s, %s fps)", n, path, codec, fps)
-    return n
-
-
-def _add_stream(container, codec, rate, width, height, pix_fmt, options, gop, path):
-    import av
-
-    try:
-        stream = container.add_stream(codec, rate=rate, options=options)
-        stream.width = width
-        stream.height = height
-        stream.pix_fmt = pix_fmt
-        stream.codec_context.time_base = Fraction(1) / rate
-        if gop is not None:
-            stream.codec_context.gop_size = int(gop)
-    except (av.FFmpegError, ValueError, TypeError) as exc:
-        raise ExportError(f"{path}: cannot set up codec {codec!r} with {pix_fmt} ({_reason(exc)})") from None
-    return stream
-
-
-def _reason(exc: BaseException) -> str:
+def av_reason(exc: BaseException) -> str:
     """One-line description of a PyAV/OS error without its file name repeated."""
     text = getattr(exc, "strerror", None) or str(exc)
     return " ".join(str(text).split()) or type(exc).__name__
+
 
 
 # --------------------------------------------------------------------------- reading
@@ -234,7 +110,7 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
                     first = frames[0]
                     break
         except av.FFmpegError as exc:
-            raise SourceError(f"{name}: cannot read video packets ({_reason(exc)})") from None
+            raise SourceError(f"{name}: cannot read video packets ({av_reason(exc)})") from None
         if first is None:
             try:
                 first = next(iter(stream.codec_context.decode(None)), None)
@@ -295,20 +171,38 @@ def decode_video(
     """
     name = str(path)
     if start_index > 0 and "://" not in name:
-        with _open(name) as container:
-            plan = _plan_seek(container, start_index)
-            if plan is not None and plan.target_pts is None:
+        if (yield from _seek_records(name, start_index, thread_type, skip_corrupt, max_demux_errors)):
+            return
+    yield from _records_from_start(name, thread_type, skip_corrupt, max_demux_errors)
+
+
+def _seek_records(name: str, start_index: int, thread_type: str, skip_corrupt: bool,
+                  max_demux_errors: int) -> Generator[VideoRecord, None, bool]:
+    """The records of a read that seeks to ``start_index`` (see :func:`decode_video`).
+
+    Returns True when it delivered the whole read; False (having yielded
+    nothing) when seeking is not possible or overshot, and the caller must
+    decode from the start.
+    """
+    with _open(name) as container:
+        plan = _plan_seek(container, start_index)
+        if plan is not None and plan.target_pts is None:
+            yield from plan.preroll(container.streams.video[0].time_base)
+            return True
+        if plan is not None:
+            records = _decode_after_seek(container, plan, thread_type, skip_corrupt, max_demux_errors, name)
+            first = next(records, None)
+            if first is not None:
                 yield from plan.preroll(container.streams.video[0].time_base)
-                return
-            if plan is not None:
-                records = _decode_after_seek(container, plan, thread_type, skip_corrupt, max_demux_errors, name)
-                first = next(records, None)
-                if first is not None:
-                    yield from plan.preroll(container.streams.video[0].time_base)
-                    yield first
-                    yield from records
-                    return
-                log.info("%s: seek to frame %d overshot; decoding from the start", name, start_index)
+                yield first
+                yield from records
+                return True
+            log.info("%s: seek to frame %d overshot; decoding from the start", name, start_index)
+    return False
+
+
+def _records_from_start(name: str, thread_type: str, skip_corrupt: bool, max_demux_errors: int) -> Iterator[VideoRecord]:
+    """Every record of the stream, decoded from its first packet; SourceError when no frame decodes."""
     with _open(name) as container:
         stream = container.streams.video[0]
         stream.thread_type = thread_type
@@ -448,7 +342,7 @@ def _decode_stream(container, stream, indexer: _Indexer, max_demux_errors: int, 
             break
         except av.FFmpegError as exc:
             demux_errors += 1
-            indexer.last_error = _reason(exc)
+            indexer.last_error = av_reason(exc)
             log.warning("%s: demuxer error (%s)", name, indexer.last_error)
             if demux_errors > max_demux_errors:
                 log.warning("%s: %d demuxer errors in a row; stopping", name, demux_errors)
@@ -459,7 +353,7 @@ def _decode_stream(container, stream, indexer: _Indexer, max_demux_errors: int, 
         try:
             frames = packet.decode()
         except av.FFmpegError as exc:
-            indexer.last_error = _reason(exc)
+            indexer.last_error = av_reason(exc)
             log.debug("%s: packet pts=%s failed to decode (%s)", name, packet.pts, indexer.last_error)
             continue
         for frame in frames:
@@ -470,7 +364,7 @@ def _decode_stream(container, stream, indexer: _Indexer, max_demux_errors: int, 
         for frame in stream.codec_context.decode(None):
             yield from indexer.add_frame(frame)
     except av.FFmpegError as exc:
-        indexer.last_error = _reason(exc)
+        indexer.last_error = av_reason(exc)
     yield from indexer.finish()
 
 
@@ -483,9 +377,9 @@ def _open(name: str):
     try:
         container = av.open(name, mode="r")
     except av.FFmpegError as exc:
-        raise SourceError(f"{name}: not a readable video ({_reason(exc)})") from None
+        raise SourceError(f"{name}: not a readable video ({av_reason(exc)})") from None
     except OSError as exc:
-        raise SourceError(f"{name}: cannot open ({_reason(exc)})") from None
+        raise SourceError(f"{name}: cannot open ({av_reason(exc)})") from None
     try:
         if not container.streams.video:
             raise SourceError(f"{name}: no video stream")

@@ -1,8 +1,8 @@
 """The format-1 layout of the run store: which arrays exist, their dtypes, chunking and codecs,
 and the conversion of a window's record into rows of those arrays (with validation).
 
-Kept apart from :mod:`da3stream.io.store.run_store` (the commit protocol and the reading
-API) so that docs/STORE.md can be checked against one table: :func:`build_layout`.
+Kept apart from :mod:`da3stream.io.store.writing` (the commit protocol) and
+:mod:`da3stream.io.store.reading` so that docs/STORE.md can be checked against one table: :func:`build_layout`.
 """
 
 from __future__ import annotations
@@ -131,8 +131,6 @@ def to_f16(x: np.ndarray) -> np.ndarray:
 def str_array(a: np.ndarray) -> np.ndarray:
     """A fixed-width numpy ``str`` array from zarr's variable-length strings."""
     return np.array([str(v) for v in a.tolist()], dtype=str)
-
-
 
 
 def create_array(zstore, name: str, s: ArraySpec, level: int, pixel_cname: str, rgb_cname: str) -> None:
@@ -313,10 +311,27 @@ def loop_rows(edges: Sequence[Any], commit_id: int, n_frames: int, n_chunks: int
 
 
 def record_rows(r: Any, c: dict, specs: dict, depth_hw: tuple, descriptor_dim: Optional[int]) -> dict[str, np.ndarray]:
-    """Validate a ChunkRecord against the committed state and turn it into per-array rows."""
+    """Validate a ChunkRecord against the committed state and turn it into per-array rows.
+
+    Checks run in a fixed order (frames, pixels, map points, chunk row, overlap,
+    source rows, loop edges), so the first problem of a record is the one reported.
+    """
     nf, nc, npts = int(c["n_frames"]), int(c["n_chunks"]), int(c["n_points"])
     if int(r.chunk_id) != nc:
         raise StoreError(f"append_chunk: chunk_id {r.chunk_id} is not the next chunk ({nc})")
+    rows = _frame_rows(r, nf, nc, depth_hw)
+    F = rows["frames/index"].shape[0]
+    rows.update(_pixel_rows(r, specs, F, depth_hw, descriptor_dim))
+    rows.update(_point_rows(r, nc))
+    rows.update(_chunk_row(r, nf, F, npts, rows["map/xyz"].shape[0]))
+    rows.update(_overlap_rows(r, nf, nc))
+    rows.update(source_rows(r.source_index, r.source_timestamp, r.source_kept, r.source_skipped))
+    rows.update(loop_rows(list(r.loop_edges or ()), int(c["id"]) + 1, nf + F, nc + 1))
+    return rows
+
+
+def _frame_rows(r: Any, nf: int, nc: int, depth_hw: tuple) -> dict[str, np.ndarray]:
+    """``frames/`` rows of the F new frames (index, time, chunk, poses, intrinsics, depth)."""
     idx = as_array("ChunkRecord.frame_index", r.frame_index, ("F",), "iu", np.int64)
     F = idx.shape[0]
     h, w = depth_hw
@@ -326,7 +341,7 @@ def record_rows(r: Any, c: dict, specs: dict, depth_hw: tuple, descriptor_dim: O
         raise StoreError(f"append_chunk: frame_stop {r.frame_stop} != committed frames {nf} + {F} new")
     if not 0 <= int(r.frame_start) <= nf:
         raise StoreError(f"append_chunk: frame_start {r.frame_start} not in [0, {nf}]")
-    rows: dict[str, np.ndarray] = {
+    return {
         "frames/index": idx,
         "frames/timestamp": as_array("ChunkRecord.frame_timestamp", r.frame_timestamp, (F,), "fiu", np.float64),
         "frames/chunk_id": np.full(F, nc, np.int32),
@@ -335,6 +350,12 @@ def record_rows(r: Any, c: dict, specs: dict, depth_hw: tuple, descriptor_dim: O
         "frames/intrinsics": as_array("ChunkRecord.intrinsics", r.intrinsics, (F, 3, 3), "f", np.float64),
         "frames/depth": to_f16(as_array("ChunkRecord.depth", r.depth, (F, h, w), "f", np.float32)),
     }
+
+
+def _pixel_rows(r: Any, specs: dict, F: int, depth_hw: tuple, descriptor_dim: Optional[int]) -> dict[str, np.ndarray]:
+    """The optional per-frame arrays the store keeps: ``frames/conf``, ``frames/rgb``, ``frames/descriptor``."""
+    h, w = depth_hw
+    rows: dict[str, np.ndarray] = {}
     if "frames/conf" in specs:
         if r.conf is None:
             raise ShapeError("ChunkRecord.conf: required, the store keeps confidence")
@@ -350,25 +371,31 @@ def record_rows(r: Any, c: dict, specs: dict, depth_hw: tuple, descriptor_dim: O
         if r.descriptors is None:
             raise ShapeError("ChunkRecord.descriptors: required, the store was created with descriptor_dim")
         rows["frames/descriptor"] = as_array("ChunkRecord.descriptors", r.descriptors, (F, int(descriptor_dim)), "f", np.float32)
-    # chunk row
-    P = 0
-    if r.points_xyz is not None:
-        xyz = as_array("ChunkRecord.points_xyz", r.points_xyz, ("P", 3), "f", np.float32)
-        P = xyz.shape[0]
-        if r.points_rgb is None:
-            raise ShapeError("ChunkRecord.points_rgb: required with points_xyz")
-        check_shape("ChunkRecord.points_rgb", r.points_rgb, (P, 3))
-        if np.asarray(r.points_rgb).dtype != np.uint8:
-            raise ShapeError(f"ChunkRecord.points_rgb: expected dtype uint8, got {np.asarray(r.points_rgb).dtype}")
-        pconf = np.full(P, np.nan, np.float32) if r.points_conf is None else as_array(
-            "ChunkRecord.points_conf", r.points_conf, (P,), "f", np.float32)
-        rows.update({"map/xyz": xyz, "map/rgb": np.asarray(r.points_rgb), "map/chunk_id": np.full(P, nc, np.int32),
-                     "map/conf": to_f16(pconf)})
-    else:
-        rows.update({"map/xyz": np.zeros((0, 3), np.float32), "map/rgb": np.zeros((0, 3), np.uint8),
-                     "map/chunk_id": np.zeros(0, np.int32), "map/conf": np.zeros(0, np.float16)})
+    return rows
+
+
+def _point_rows(r: Any, nc: int) -> dict[str, np.ndarray]:
+    """``map/`` rows of the window's P fused points (none when ``points_xyz`` is None)."""
+    if r.points_xyz is None:
+        return {"map/xyz": np.zeros((0, 3), np.float32), "map/rgb": np.zeros((0, 3), np.uint8),
+                "map/chunk_id": np.zeros(0, np.int32), "map/conf": np.zeros(0, np.float16)}
+    xyz = as_array("ChunkRecord.points_xyz", r.points_xyz, ("P", 3), "f", np.float32)
+    P = xyz.shape[0]
+    if r.points_rgb is None:
+        raise ShapeError("ChunkRecord.points_rgb: required with points_xyz")
+    check_shape("ChunkRecord.points_rgb", r.points_rgb, (P, 3))
+    if np.asarray(r.points_rgb).dtype != np.uint8:
+        raise ShapeError(f"ChunkRecord.points_rgb: expected dtype uint8, got {np.asarray(r.points_rgb).dtype}")
+    pconf = np.full(P, np.nan, np.float32) if r.points_conf is None else as_array(
+        "ChunkRecord.points_conf", r.points_conf, (P,), "f", np.float32)
+    return {"map/xyz": xyz, "map/rgb": np.asarray(r.points_rgb), "map/chunk_id": np.full(P, nc, np.int32),
+            "map/conf": to_f16(pconf)}
+
+
+def _chunk_row(r: Any, nf: int, F: int, npts: int, P: int) -> dict[str, np.ndarray]:
+    """The one ``chunks/`` row of the window (frame and point ranges, Sim(3)s, quality, status)."""
     one = lambda v, dt: np.array([v], dt)  # noqa: E731
-    rows.update({
+    rows = {
         "chunks/frame_start": one(int(r.frame_start), np.int64),
         "chunks/frame_stop": one(nf + F, np.int64),
         "chunks/n_new": one(F, np.int32),
@@ -383,10 +410,14 @@ def record_rows(r: Any, c: dict, specs: dict, depth_hw: tuple, descriptor_dim: O
         "chunks/status": one(int(r.status), np.int8),
         "chunks/flag_reason": np.array([str(r.flag_reason or "")], dtype=str),
         "chunks/segment": one(int(r.segment), np.int32),
-    })
+    }
     if not np.all(np.isfinite(rows["chunks/world_from_chunk"])):
         raise StoreError("ChunkRecord.world_from_chunk: must be finite")
-    # overlap re-predictions
+    return rows
+
+
+def _overlap_rows(r: Any, nf: int, nc: int) -> dict[str, np.ndarray]:
+    """``overlap/`` rows: the K committed overlap frames this window re-predicted, in its chunk frame."""
     crow = np.zeros(0, np.int64) if r.carry_rows is None else as_array("ChunkRecord.carry_rows", r.carry_rows, ("K",), "iu", np.int64)
     K = crow.shape[0]
     ccam = np.zeros((0, 4, 4)) if r.carry_chunk_from_cam is None else np.asarray(r.carry_chunk_from_cam, np.float64)
@@ -395,7 +426,4 @@ def record_rows(r: Any, c: dict, specs: dict, depth_hw: tuple, descriptor_dim: O
     check_shape("ChunkRecord.carry_chunk_from_cam", ccam, (K, 4, 4), "f")
     if K and (crow.min() < 0 or crow.max() >= nf):
         raise StoreError(f"ChunkRecord.carry_rows: rows must be committed frames [0, {nf})")
-    rows.update({"overlap/row": crow, "overlap/chunk_id": np.full(K, nc, np.int32), "overlap/chunk_from_cam": ccam})
-    rows.update(source_rows(r.source_index, r.source_timestamp, r.source_kept, r.source_skipped))
-    rows.update(loop_rows(list(r.loop_edges or ()), int(c["id"]) + 1, nf + F, nc + 1))
-    return rows
+    return {"overlap/row": crow, "overlap/chunk_id": np.full(K, nc, np.int32), "overlap/chunk_from_cam": ccam}

@@ -1,4 +1,4 @@
-"""Small Zarr v3 helpers for the run store: codecs, batched row writes, the writer lock.
+"""Small Zarr v3 helpers for the run store: codecs, batched row writes, the writer lock, OS error text.
 
 Everything that knows how zarr-python is driven lives here so that
 :mod:`da3stream.io.store.run_store` reads as a description of the layout.
@@ -14,6 +14,8 @@ deletes them when a writer reopens the store.
 from __future__ import annotations
 
 import asyncio
+import datetime as _dt
+import errno
 import logging
 import math
 import os
@@ -206,3 +208,16 @@ def lookup(tree: Any, dotted: str) -> Any:
             return "<missing>"
         cur = cur[part]
     return cur
+
+
+def os_reason(exc: OSError) -> str:
+    """The one-line reason of an OS error; a full disk or quota says so first."""
+    text = exc.strerror or str(exc)
+    if exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+        return f"disk full: {text}"
+    return text
+
+
+def utc_now() -> str:
+    """The current UTC time as ISO 8601 to the second (the store's ``created`` / ``status_time``)."""
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
