@@ -165,3 +165,13 @@ def test_pipeline_aligns_on_cuda_like_on_cpu(tmp_path):
                     config={**cfg, "align.device": device})
         poses[device] = RunStore.open(tmp_path / f"{device}.zarr", "r").frames_table()["world_from_cam"]
     np.testing.assert_allclose(poses["cuda"], poses["cpu"], atol=1e-6)
+
+
+def test_registration_benchmark_reports_each_size():
+    import argparse
+
+    from da3stream.bench import registration as bench
+
+    out = bench.run(argparse.Namespace(points=[120, 300], repeats=1, outliers=0.3, seed=0))
+    assert [row["points"] for row in out["sizes"]] == [120, 300]
+    assert all(row["numpy_ms"] > 0 for row in out["sizes"])

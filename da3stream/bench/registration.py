@@ -1,4 +1,4 @@
-"""Registration cost at the pipeline's correspondence counts: numpy vs torch.
+"""Registration cost at the pipeline's correspondence counts.
 
 ``python -m da3stream.bench registration [--points 500 4000 20000 --repeats 5]``
 
@@ -6,10 +6,12 @@ The pipeline registers each window on at most ``align.max_points`` (4,000 by
 default) same-pixel pairs with 64 minimal-sample starts and 10 IRLS
 iterations. This times :func:`da3stream.alignment.registration.register` on
 synthetic pairs of that kind (30 % gross outliers, depth-relative noise) for
-each ``--points`` count and, while the torch twin exists, the same call in
-torch on the CPU, with the number of torch operator calls one registration
-makes (each is at least one kernel launch on a GPU, so ``torch_ops x ~5 us``
-bounds the GPU time from below).
+each ``--points`` count.
+
+This benchmark chose numpy over the torch twin that registration once had;
+its figures then (torch on the CPU, and the count of torch operator calls per
+registration that bounds a GPU run from below) are kept in the docstring of
+:mod:`da3stream.alignment.registration`.
 """
 
 from __future__ import annotations
@@ -54,45 +56,9 @@ def _median_seconds(fn, repeats: int) -> float:
     return float(np.median(times))
 
 
-def _torch_twin():
-    try:
-        import torch
-
-        from da3stream.alignment.registration_torch import register_torch
-    except ImportError:
-        return None, None
-    return torch, register_torch
-
-
-def _count_torch_ops(torch, fn) -> int:
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    class Counter(TorchDispatchMode):
-        n = 0
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            Counter.n += 1
-            return func(*args, **(kwargs or {}))
-
-    with Counter():
-        fn()
-    return Counter.n
-
-
 def run(args: argparse.Namespace) -> dict:
-    torch, register_torch = _torch_twin()
     rows = []
     for m in args.points:
         pairs = make_pairs(np.random.default_rng([args.seed, m]), m, args.outliers)
-        row = {"points": m, "numpy_ms": round(1e3 * _median_seconds(lambda: register(*pairs), args.repeats), 3)}
-        if register_torch is not None:
-            call = lambda: register_torch(*pairs, device="cpu")  # noqa: E731
-            row["torch_cpu_ms"] = round(1e3 * _median_seconds(call, args.repeats), 3)
-            row["torch_ops"] = _count_torch_ops(torch, call)
-            a, b = register(*pairs).dst_from_src, call().dst_from_src
-            row["max_abs_difference"] = float(np.abs(a.matrix() - b.matrix()).max())
-        rows.append(row)
-    out = {"repeats": args.repeats, "outliers": args.outliers, "sizes": rows}
-    if torch is not None:
-        out["torch_threads"] = torch.get_num_threads()
-    return out
+        rows.append({"points": m, "numpy_ms": round(1e3 * _median_seconds(lambda: register(*pairs), args.repeats), 3)})
+    return {"repeats": args.repeats, "outliers": args.outliers, "sizes": rows}
