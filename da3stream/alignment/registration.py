@@ -58,7 +58,7 @@ from typing import Any
 import numpy as np
 
 from da3stream.alignment.sim3 import Sim3
-from da3stream.alignment.umeyama import umeyama, weighted_moments
+from da3stream.alignment.umeyama import umeyama, umeyama_batched, weighted_moments
 from da3stream.errors import AlignmentError, ConfigError, check_shape
 
 log = logging.getLogger(__name__)
@@ -115,15 +115,24 @@ def _fit(src, dst, w, mode: str, R_fixed, rank_tol: float) -> Sim3:
     if mode == "scale":
         if np.count_nonzero(w > 0) < 2 or not np.all(np.isfinite(w)) or w.sum() <= 0:
             raise AlignmentError("register: fewer than 2 points with positive weight")
-        mu_src, mu_dst, cov, var_src = weighted_moments(src, dst, w)
-        extent = float(np.max(np.abs(src - mu_src))) ** 2
-        if not var_src > rank_tol * max(extent, np.finfo(np.float64).tiny):
-            raise AlignmentError("register: source points coincide (zero spread)")
-        s = float(np.sum(cov * R_fixed) / var_src)
-        if not (np.isfinite(s) and s > 0):
-            raise AlignmentError(f"register: non-positive scale estimate {s:.3g} with the fixed rotation")
-        return Sim3(s, R_fixed, mu_dst - s * (R_fixed @ mu_src))
+        s, _, t, ok = _fixed_rotation_fits(src[None], dst[None], w[None], R_fixed, rank_tol)
+        if not ok[0]:
+            raise AlignmentError("register: coincident points or non-positive scale with the fixed rotation")
+        return Sim3(float(s[0]), R_fixed, t[0])
     return umeyama(src, dst, w, with_scale=(mode == "sim3"), rank_tol=rank_tol)
+
+
+def _fixed_rotation_fits(src, dst, w, R_fixed, rank_tol: float):
+    """Scale and translation of B sets (B, M, 3) under the rotation ``R_fixed``: ``(s, R, t, ok)`` as in _batched_fits."""
+    mu_s, mu_d, cov, var_s = weighted_moments(src, dst, w)
+    extent = np.max(np.abs(src - mu_s[:, None]), axis=(1, 2)) ** 2
+    ok = var_s > rank_tol * np.maximum(extent, np.finfo(np.float64).tiny)
+    s = np.einsum("hij,ij->h", cov, R_fixed) / np.where(ok, var_s, 1.0)
+    ok &= np.isfinite(s) & (s > 0)
+    s = np.where(ok, s, 1.0)
+    R = np.broadcast_to(R_fixed, cov.shape).copy()
+    t = mu_d - s[:, None] * np.einsum("hij,hj->hi", R, mu_s)
+    return s, R, t, ok
 
 
 def _check_geometry(src: np.ndarray, w: np.ndarray, mode: str, rank_tol: float) -> None:
@@ -145,29 +154,10 @@ def _check_geometry(src: np.ndarray, w: np.ndarray, mode: str, rank_tol: float) 
 
 def _batched_fits(src, dst, w, mode: str, R_fixed, rank_tol: float):
     """Closed-form fits of H small samples at once: (H, S, 3) -> (s (H,), R (H,3,3), t (H,3), ok (H,))."""
-    wn = w / np.maximum(w.sum(axis=1, keepdims=True), np.finfo(np.float64).tiny)
-    mu_s = np.einsum("hs,hsi->hi", wn, src)
-    mu_d = np.einsum("hs,hsi->hi", wn, dst)
-    sc = src - mu_s[:, None]
-    dc = dst - mu_d[:, None]
-    cov = np.einsum("hs,hsi,hsj->hij", wn, dc, sc)
-    var_s = np.einsum("hs,hsi,hsi->h", wn, sc, sc)
-    ok = var_s > rank_tol * np.maximum(np.max(np.abs(sc), axis=(1, 2)) ** 2, np.finfo(np.float64).tiny)
     if mode == "scale":
-        R = np.broadcast_to(R_fixed, cov.shape).copy()
-        s = np.einsum("hij,ij->h", cov, R_fixed) / np.where(ok, var_s, 1.0)
-    else:
-        U, d, Vt = np.linalg.svd(cov)
-        sign = np.ones((len(cov), 3))
-        sign[:, 2] = np.sign(np.linalg.det(U) * np.linalg.det(Vt))
-        sign[sign[:, 2] == 0, 2] = 1.0
-        R = (U * sign[:, None, :]) @ Vt
-        ok &= d[:, 1] > rank_tol * d[:, 0]
-        s = np.einsum("hi,hi->h", d, sign) / np.where(ok, var_s, 1.0) if mode == "sim3" else np.ones(len(cov))
-    ok &= np.isfinite(s) & (s > 0)
-    s = np.where(ok, s, 1.0)
-    t = mu_d - s[:, None] * np.einsum("hij,hj->hi", R, mu_s)
-    return s, R, t, ok
+        return _fixed_rotation_fits(src, dst, w, R_fixed, rank_tol)
+    s, R, t, fail = umeyama_batched(src, dst, w, with_scale=(mode == "sim3"), rank_tol=rank_tol)
+    return s, R, t, fail == 0
 
 
 def register(
