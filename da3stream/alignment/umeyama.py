@@ -14,8 +14,11 @@ arbitrary transform. The one relaxation, ``rank_tol=None``, accepts
 rank-deficient pairings for callers that follow the official DA3 api
 (camera centres of a straight-line trajectory).
 
-This is the project's one Umeyama: registration, evaluation, the DA3
-predictor's pose conditioning and the simulator's calibration all call it.
+This is the project's one Umeyama: :func:`umeyama_batched` fits many small
+sets at once (the registration's minimal samples) and reports why a set is
+degenerate; :func:`umeyama` checks one pairing, fits it through the same code
+and raises. Registration, evaluation, the DA3 predictor's pose conditioning
+and the simulator's calibration all call these.
 """
 
 from __future__ import annotations
