@@ -12,7 +12,8 @@ from da3stream.synthetic.simulated import GroundTruth, SimParams, SimulatedPredi
 from da3stream.core.types import FrameBatch, Predictor
 from da3stream.errors import ConfigError, PredictionError
 from da3stream.synthetic import intrinsics_from_fov, look_at, make_sequence
-from da3stream.synthetic.calibration import calibrate, prediction_points, umeyama_sim3
+from da3stream.alignment.umeyama import umeyama
+from da3stream.synthetic.calibration import calibrate, prediction_points
 
 IMG_HW = (48, 64)
 
@@ -176,7 +177,7 @@ def test_window_gauge_is_an_exact_sim3(demo_seq, use_rays):
     pa, pb = sim.predict(demo_seq.batch(ia)), sim.predict(demo_seq.batch(ib))
     src = _points(pb, np.arange(0, 6), use_rays)  # frames 6..11 in window B
     dst = _points(pa, np.arange(6, 12), use_rays)  # the same frames in window A
-    a_from_b = umeyama_sim3(src, dst)
+    a_from_b = umeyama(src, dst)
     resid = np.linalg.norm(a_from_b.apply(src) - dst, axis=1) / np.linalg.norm(dst - dst.mean(0), axis=1).mean()
     assert resid.max() < 1e-4  # float32 depth
     ga, gb = sim.window_gauge(ia), sim.window_gauge(ib)

@@ -1,4 +1,4 @@
-"""Pure geometry: Sim(3) algebra, robust registration, place recognition, pose graphs.
+"""Pure geometry: Sim(3) algebra and Lie maps, Umeyama, robust registration, pose graphs, voxel grids.
 
 Modules here take arrays and return arrays: no I/O, no config objects.
 """

@@ -203,54 +203,15 @@ def sample_correspondences(
     Raises:
         AlignmentError: no valid pixel survives.
     """
-    pts_a = np.asarray(pts_a)
-    check_shape("sample_correspondences(pts_a)", pts_a, ("K", "h", "w", 3), "f")
-    k, h, w, _ = pts_a.shape
-    check_shape("sample_correspondences(pts_b)", np.asarray(pts_b), (k, h, w, 3), "f")
-    for name, arr in (("conf_a", conf_a), ("depth_a", depth_a), ("conf_b", conf_b)):
-        check_shape(f"sample_correspondences({name})", np.asarray(arr), (k, h, w), "fiu")
-    if depth_b is not None:
-        check_shape("sample_correspondences(depth_b)", np.asarray(depth_b), (k, h, w), "fiu")
-    if max_points < 1:
-        raise ShapeError(f"sample_correspondences(max_points): must be >= 1, got {max_points}")
-    if not 0.0 <= conf_quantile < 1.0:
-        raise ShapeError(f"sample_correspondences(conf_quantile): must lie in [0, 1), got {conf_quantile}")
-
+    k, h, w = _check_sample_args(pts_a, conf_a, depth_a, pts_b, conf_b, depth_b, max_points, conf_quantile)
     pa = np.asarray(pts_a, dtype=np.float64).reshape(-1, 3)
     pb = np.asarray(pts_b, dtype=np.float64).reshape(-1, 3)
-    ca = np.asarray(conf_a, dtype=np.float64).ravel()
-    cb = np.asarray(conf_b, dtype=np.float64).ravel()
     da = np.asarray(depth_a, dtype=np.float64).ravel()
     db = None if depth_b is None else np.asarray(depth_b, dtype=np.float64).ravel()
-    joint = np.sqrt(np.clip(ca, 0.0, None) * np.clip(cb, 0.0, None))
-    valid = np.all(np.isfinite(pa), axis=1) & np.all(np.isfinite(pb), axis=1)
-    valid &= np.isfinite(da) & (da > 0) & np.isfinite(joint) & (joint > 0)
-    if db is not None:
-        valid &= np.isfinite(db) & (db > 0)
-    idx = np.flatnonzero(valid)
-    if idx.size == 0:
-        raise AlignmentError("sample_correspondences: no valid overlap pixel (depth, points or confidence)")
-    if conf_quantile > 0.0:
-        cut = np.quantile(joint[idx], conf_quantile)
-        keep = joint[idx] > cut
-        if np.any(keep):
-            idx = idx[keep]
-        # else: all confidences equal; keep every valid pixel.
-
+    idx, joint = _confident_pixels(pa, pb, conf_a, conf_b, da, db, conf_quantile)
     frame, rem = np.divmod(idx, h * w)
     row, col = np.divmod(rem, w)
-    gy, gx = _cell_grid(max(1, int(np.ceil(max_points / k))), h, w)
-    cell = (frame * gy + row * gy // h) * gx + col * gx // w
-    # Round-robin over cells in random order: rank r of a pixel inside its cell.
-    key = rng.random(idx.size)
-    order = np.lexsort((key, cell))
-    cell_sorted = cell[order]
-    starts = np.r_[0, np.flatnonzero(np.diff(cell_sorted)) + 1]
-    first = np.repeat(starts, np.diff(np.r_[starts, cell_sorted.size]))
-    rank = np.arange(cell_sorted.size) - first
-    cell_rank = rng.permutation(int(cell.max()) + 1)
-    pick = order[np.lexsort((cell_rank[cell_sorted], rank))[:max_points]]
-    pick = np.sort(pick)
+    pick = _stratified_pick(frame, row, col, (k, h, w), max_points, rng)
     sel = idx[pick]
 
     med = np.median(joint[sel])
@@ -273,3 +234,58 @@ def sample_correspondences(
         frame=frame[pick].astype(np.int64),
         pixel=np.stack([row[pick], col[pick]], axis=1).astype(np.int64),
     )
+
+
+def _check_sample_args(pts_a, conf_a, depth_a, pts_b, conf_b, depth_b, max_points: int, conf_quantile: float):
+    """Shape and range checks of :func:`sample_correspondences`; returns ``(K, h, w)``."""
+    pts_a = np.asarray(pts_a)
+    check_shape("sample_correspondences(pts_a)", pts_a, ("K", "h", "w", 3), "f")
+    k, h, w, _ = pts_a.shape
+    check_shape("sample_correspondences(pts_b)", np.asarray(pts_b), (k, h, w, 3), "f")
+    for name, arr in (("conf_a", conf_a), ("depth_a", depth_a), ("conf_b", conf_b)):
+        check_shape(f"sample_correspondences({name})", np.asarray(arr), (k, h, w), "fiu")
+    if depth_b is not None:
+        check_shape("sample_correspondences(depth_b)", np.asarray(depth_b), (k, h, w), "fiu")
+    if max_points < 1:
+        raise ShapeError(f"sample_correspondences(max_points): must be >= 1, got {max_points}")
+    if not 0.0 <= conf_quantile < 1.0:
+        raise ShapeError(f"sample_correspondences(conf_quantile): must lie in [0, 1), got {conf_quantile}")
+    return k, h, w
+
+
+def _confident_pixels(pa, pb, conf_a, conf_b, da, db, conf_quantile: float):
+    """Flat indices of the valid pixels above the joint-confidence quantile, and the joint confidence."""
+    ca = np.asarray(conf_a, dtype=np.float64).ravel()
+    cb = np.asarray(conf_b, dtype=np.float64).ravel()
+    joint = np.sqrt(np.clip(ca, 0.0, None) * np.clip(cb, 0.0, None))
+    valid = np.all(np.isfinite(pa), axis=1) & np.all(np.isfinite(pb), axis=1)
+    valid &= np.isfinite(da) & (da > 0) & np.isfinite(joint) & (joint > 0)
+    if db is not None:
+        valid &= np.isfinite(db) & (db > 0)
+    idx = np.flatnonzero(valid)
+    if idx.size == 0:
+        raise AlignmentError("sample_correspondences: no valid overlap pixel (depth, points or confidence)")
+    if conf_quantile > 0.0:
+        cut = np.quantile(joint[idx], conf_quantile)
+        keep = joint[idx] > cut
+        if np.any(keep):
+            idx = idx[keep]
+        # else: all confidences equal; keep every valid pixel.
+    return idx, joint
+
+
+def _stratified_pick(frame, row, col, khw: tuple, max_points: int, rng: np.random.Generator) -> np.ndarray:
+    """Sorted positions of up to ``max_points`` pixels, one per image cell in turn (see sample_correspondences)."""
+    k, h, w = khw
+    gy, gx = _cell_grid(max(1, int(np.ceil(max_points / k))), h, w)
+    cell = (frame * gy + row * gy // h) * gx + col * gx // w
+    # Round-robin over cells in random order: rank r of a pixel inside its cell.
+    key = rng.random(frame.size)
+    order = np.lexsort((key, cell))
+    cell_sorted = cell[order]
+    starts = np.r_[0, np.flatnonzero(np.diff(cell_sorted)) + 1]
+    first = np.repeat(starts, np.diff(np.r_[starts, cell_sorted.size]))
+    rank = np.arange(cell_sorted.size) - first
+    cell_rank = rng.permutation(int(cell.max()) + 1)
+    pick = order[np.lexsort((cell_rank[cell_sorted], rank))[:max_points]]
+    return np.sort(pick)

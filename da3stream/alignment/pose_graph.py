@@ -250,6 +250,23 @@ def optimize_pose_graph(
         AlignmentError: bad indices, no fixed node, invalid information or kernel.
     """
     n = len(world_from_node)
+    fixed_idx = _check_options(n, fixed, kernel, kernel_scale)
+    s, R, t = sim3_to_parts(world_from_node)
+    if not edges:
+        return GraphResult(list(world_from_node), 0, 0.0, 0.0, True, np.zeros(0))
+    problem = _Problem(n, edges, fixed_idx, kernel, kernel_scale)
+    r, chi2 = problem.evaluate(s, R, t)
+    initial_cost = problem.cost(chi2)
+    (s, R, t), chi2, cost, iterations, converged = _levenberg_marquardt(
+        problem, (s, R, t), r, chi2, initial_cost, max_iters=max_iters, tol=tol, lambda_init=lambda_init,
+        lambda_factor=lambda_factor, lambda_max=lambda_max)
+    weights = robust_weights(chi2, kernel, kernel_scale)
+    log.debug("pose graph: %d nodes, %d edges, cost %.4g -> %.4g in %d iterations", n, len(edges), initial_cost, cost, iterations)
+    return GraphResult(sim3_from_parts(s, R, t), iterations, initial_cost, cost, bool(converged), weights)
+
+
+def _check_options(n: int, fixed, kernel: str | None, kernel_scale: float) -> list[int]:
+    """The sorted fixed node indices, after the kernel and gauge checks of :func:`optimize_pose_graph`."""
     if kernel not in _KERNELS:
         raise AlignmentError(f"optimize_pose_graph: unknown kernel {kernel!r} (expected huber, cauchy or None)")
     if kernel is not None and not kernel_scale > 0:
@@ -259,59 +276,79 @@ def optimize_pose_graph(
         raise AlignmentError("optimize_pose_graph: at least one node must be fixed (gauge freedom)")
     if fixed_idx[0] < 0 or fixed_idx[-1] >= n:
         raise AlignmentError(f"optimize_pose_graph: fixed node index out of range [0, {n})")
-    s, R, t = sim3_to_parts(world_from_node)
-    if not edges:
-        return GraphResult(list(world_from_node), 0, 0.0, 0.0, True, np.zeros(0))
-    ii = np.array([e.i for e in edges], dtype=np.int64)
-    jj = np.array([e.j for e in edges], dtype=np.int64)
-    if ii.min() < 0 or jj.min() < 0 or ii.max() >= n or jj.max() >= n:
-        raise AlignmentError(f"optimize_pose_graph: edge node index out of range [0, {n})")
-    if np.any(ii == jj):
-        raise AlignmentError("optimize_pose_graph: an edge connects a node to itself")
-    info = _information_stack(edges)
-    meas_inv = sim3_inverse(*sim3_to_parts([e.i_from_j for e in edges]))
+    return fixed_idx
 
-    free = np.ones(n, dtype=bool)
-    free[fixed_idx] = False
-    col = np.full(n, -1, dtype=np.int64)
-    col[free] = np.arange(int(free.sum()))
-    n_free = int(free.sum())
 
-    def evaluate(s, R, t):
-        r = edge_residuals(s, R, t, ii, jj, meas_inv)
-        chi2 = np.einsum("ei,eij,ej->e", r, info, r)
+class _Problem:
+    """Edges, information, free-node columns and robust cost of one pose graph."""
+
+    def __init__(self, n: int, edges: list[Edge], fixed_idx: list[int], kernel: str | None, kernel_scale: float):
+        ii = np.array([e.i for e in edges], dtype=np.int64)
+        jj = np.array([e.j for e in edges], dtype=np.int64)
+        if ii.min() < 0 or jj.min() < 0 or ii.max() >= n or jj.max() >= n:
+            raise AlignmentError(f"optimize_pose_graph: edge node index out of range [0, {n})")
+        if np.any(ii == jj):
+            raise AlignmentError("optimize_pose_graph: an edge connects a node to itself")
+        self.n, self.ii, self.jj = n, ii, jj
+        self.kernel, self.kernel_scale = kernel, kernel_scale
+        self.info = _information_stack(edges)
+        self.meas_inv = sim3_inverse(*sim3_to_parts([e.i_from_j for e in edges]))
+        self.free = np.ones(n, dtype=bool)
+        self.free[fixed_idx] = False
+        col = np.full(n, -1, dtype=np.int64)
+        col[self.free] = np.arange(int(self.free.sum()))
+        self.n_free = int(self.free.sum())
+        self.pattern = _HessianPattern(col[ii], col[jj], self.n_free) if self.n_free else None
+
+    def evaluate(self, s, R, t):
+        """Edge residuals (E, 7) and their squared Mahalanobis norms (E,)."""
+        r = edge_residuals(s, R, t, self.ii, self.jj, self.meas_inv)
+        chi2 = np.einsum("ei,eij,ej->e", r, self.info, r)
         return r, chi2
 
-    r, chi2 = evaluate(s, R, t)
-    cost = _robust_cost(chi2, kernel, kernel_scale)
-    initial_cost = cost
+    def cost(self, chi2: np.ndarray) -> float:
+        return _robust_cost(chi2, self.kernel, self.kernel_scale)
+
+    def retract(self, s, R, t, delta: np.ndarray):
+        """The free nodes moved by ``delta`` (n_free * 7,) in their right tangent spaces."""
+        d_nodes = np.zeros((self.n, 7))
+        d_nodes[self.free] = delta.reshape(self.n_free, 7)
+        return sim3_compose(s, R, t, *sim3_exp(d_nodes))
+
+
+def _damped_solve(pattern: "_HessianPattern", H, damping, g):
+    """The LM step ``-(H + damping) \\ g``, or None when the factorisation fails or the step is not finite."""
+    try:
+        delta = -splu(
+            pattern.damped(H, damping), permc_spec="MMD_AT_PLUS_A", diag_pivot_thresh=0.0,
+            options={"SymmetricMode": True},
+        ).solve(g)
+    except RuntimeError:  # numerically singular: damp harder
+        return None
+    return delta if np.all(np.isfinite(delta)) else None
+
+
+def _levenberg_marquardt(problem: _Problem, parts, r, chi2, cost: float, *, max_iters: int, tol: float,
+                         lambda_init: float, lambda_factor: float, lambda_max: float):
+    """Robust LM from ``parts = (s, R, t)``: ``(parts, chi2, cost, iterations, converged)``."""
+    s, R, t = parts
     lam = lambda_init
     iterations = 0
-    converged = n_free == 0
-    pattern = _HessianPattern(col[ii], col[jj], n_free) if n_free else None
+    converged = problem.n_free == 0
     while not converged and iterations < max_iters:
-        w = robust_weights(chi2, kernel, kernel_scale)
-        J_i, J_j = edge_jacobians(s, R, t, ii, jj, r)
-        W = info * w[:, None, None]
-        H, g = pattern.assemble(J_i, J_j, W, r)
+        w = robust_weights(chi2, problem.kernel, problem.kernel_scale)
+        J_i, J_j = edge_jacobians(s, R, t, problem.ii, problem.jj, r)
+        H, g = problem.pattern.assemble(J_i, J_j, problem.info * w[:, None, None], r)
         diag = H.diagonal()
         diag = np.where(diag > 0, diag, 1.0)
         step_accepted = False
         while iterations < max_iters:
             iterations += 1
-            try:
-                delta = -splu(
-                    pattern.damped(H, lam * diag), permc_spec="MMD_AT_PLUS_A", diag_pivot_thresh=0.0,
-                    options={"SymmetricMode": True},
-                ).solve(g)
-            except RuntimeError:  # numerically singular: damp harder
-                delta = None
-            if delta is not None and np.all(np.isfinite(delta)):
-                d_nodes = np.zeros((n, 7))
-                d_nodes[free] = delta.reshape(n_free, 7)
-                s_new, R_new, t_new = sim3_compose(s, R, t, *sim3_exp(d_nodes))
-                r_new, chi2_new = evaluate(s_new, R_new, t_new)
-                cost_new = _robust_cost(chi2_new, kernel, kernel_scale)
+            delta = _damped_solve(problem.pattern, H, lam * diag, g)
+            if delta is not None:
+                s_new, R_new, t_new = problem.retract(s, R, t, delta)
+                r_new, chi2_new = problem.evaluate(s_new, R_new, t_new)
+                cost_new = problem.cost(chi2_new)
                 if np.isfinite(cost_new) and cost_new <= cost:
                     rel = (cost - cost_new) / max(cost, np.finfo(np.float64).tiny)
                     s, R, t, r, chi2, cost = s_new, R_new, t_new, r_new, chi2_new, cost_new
@@ -326,6 +363,4 @@ def optimize_pose_graph(
             # No descent even with maximal damping: a minimum at working precision.
             converged = lam > lambda_max
             break
-    weights = robust_weights(chi2, kernel, kernel_scale)
-    log.debug("pose graph: %d nodes, %d edges, cost %.4g -> %.4g in %d iterations", n, len(edges), initial_cost, cost, iterations)
-    return GraphResult(sim3_from_parts(s, R, t), iterations, initial_cost, cost, bool(converged), weights)
+    return (s, R, t), chi2, cost, iterations, converged

@@ -30,18 +30,36 @@ Modes:
 :func:`pose_based_estimate` derives ``a_from_b`` from the shared frames' camera
 poses alone; :func:`transform_disagreement` compares two estimates and
 :func:`quality_gate` turns a result into an accept/fallback decision.
+
+One implementation, in numpy, on the host. A torch twin (float64, no host
+round trip per IRLS step, meant for CUDA) agreed with it to ~5e-14 and was
+removed after ``python -m da3stream.bench registration`` (2 shared cores,
+2026-12-04; median of 5 calls, 30 % outliers, 64 starts, 10 IRLS steps):
+
+    pairs         500      4,000     20,000
+    numpy        7.3 ms   18.0 ms   153 ms
+    torch (CPU)  152 ms   252 ms    681 ms
+
+Torch made 9,677 operator calls per registration whatever the pair count (the
+eigenvector search of 64 + 11 closed-form fits): on a GPU each is at least one
+kernel launch of ~5 us, so >= ~50 ms, above numpy's 18 ms at the pipeline's
+4,000 pairs (``align.max_points``). The pairs are host arrays already (sampled
+from the prediction on the host), and one registration per window sits next to
+a network forward of seconds, so the GPU gains nothing at these sizes. Torch
+tensors (any device) are still accepted as inputs.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from da3stream.alignment.sim3 import Sim3
-from da3stream.alignment.umeyama import umeyama, weighted_moments
-from da3stream.errors import AlignmentError, check_shape
+from da3stream.alignment.umeyama import umeyama, umeyama_batched, weighted_moments
+from da3stream.errors import AlignmentError, ConfigError, check_shape
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +70,7 @@ __all__ = [
     "pose_based_estimate",
     "transform_disagreement",
     "quality_gate",
+    "resolve_align_device",
 ]
 
 _MODES = ("sim3", "se3", "scale")
@@ -96,15 +115,24 @@ def _fit(src, dst, w, mode: str, R_fixed, rank_tol: float) -> Sim3:
     if mode == "scale":
         if np.count_nonzero(w > 0) < 2 or not np.all(np.isfinite(w)) or w.sum() <= 0:
             raise AlignmentError("register: fewer than 2 points with positive weight")
-        mu_src, mu_dst, cov, var_src = weighted_moments(src, dst, w)
-        extent = float(np.max(np.abs(src - mu_src))) ** 2
-        if not var_src > rank_tol * max(extent, np.finfo(np.float64).tiny):
-            raise AlignmentError("register: source points coincide (zero spread)")
-        s = float(np.sum(cov * R_fixed) / var_src)
-        if not (np.isfinite(s) and s > 0):
-            raise AlignmentError(f"register: non-positive scale estimate {s:.3g} with the fixed rotation")
-        return Sim3(s, R_fixed, mu_dst - s * (R_fixed @ mu_src))
+        s, _, t, ok = _fixed_rotation_fits(src[None], dst[None], w[None], R_fixed, rank_tol)
+        if not ok[0]:
+            raise AlignmentError("register: coincident points or non-positive scale with the fixed rotation")
+        return Sim3(float(s[0]), R_fixed, t[0])
     return umeyama(src, dst, w, with_scale=(mode == "sim3"), rank_tol=rank_tol)
+
+
+def _fixed_rotation_fits(src, dst, w, R_fixed, rank_tol: float):
+    """Scale and translation of B sets (B, M, 3) under the rotation ``R_fixed``: ``(s, R, t, ok)`` as in _batched_fits."""
+    mu_s, mu_d, cov, var_s = weighted_moments(src, dst, w)
+    extent = np.max(np.abs(src - mu_s[:, None]), axis=(1, 2)) ** 2
+    ok = var_s > rank_tol * np.maximum(extent, np.finfo(np.float64).tiny)
+    s = np.einsum("hij,ij->h", cov, R_fixed) / np.where(ok, var_s, 1.0)
+    ok &= np.isfinite(s) & (s > 0)
+    s = np.where(ok, s, 1.0)
+    R = np.broadcast_to(R_fixed, cov.shape).copy()
+    t = mu_d - s[:, None] * np.einsum("hij,hj->hi", R, mu_s)
+    return s, R, t, ok
 
 
 def _check_geometry(src: np.ndarray, w: np.ndarray, mode: str, rank_tol: float) -> None:
@@ -126,36 +154,17 @@ def _check_geometry(src: np.ndarray, w: np.ndarray, mode: str, rank_tol: float) 
 
 def _batched_fits(src, dst, w, mode: str, R_fixed, rank_tol: float):
     """Closed-form fits of H small samples at once: (H, S, 3) -> (s (H,), R (H,3,3), t (H,3), ok (H,))."""
-    wn = w / np.maximum(w.sum(axis=1, keepdims=True), np.finfo(np.float64).tiny)
-    mu_s = np.einsum("hs,hsi->hi", wn, src)
-    mu_d = np.einsum("hs,hsi->hi", wn, dst)
-    sc = src - mu_s[:, None]
-    dc = dst - mu_d[:, None]
-    cov = np.einsum("hs,hsi,hsj->hij", wn, dc, sc)
-    var_s = np.einsum("hs,hsi,hsi->h", wn, sc, sc)
-    ok = var_s > rank_tol * np.maximum(np.max(np.abs(sc), axis=(1, 2)) ** 2, np.finfo(np.float64).tiny)
     if mode == "scale":
-        R = np.broadcast_to(R_fixed, cov.shape).copy()
-        s = np.einsum("hij,ij->h", cov, R_fixed) / np.where(ok, var_s, 1.0)
-    else:
-        U, d, Vt = np.linalg.svd(cov)
-        sign = np.ones((len(cov), 3))
-        sign[:, 2] = np.sign(np.linalg.det(U) * np.linalg.det(Vt))
-        sign[sign[:, 2] == 0, 2] = 1.0
-        R = (U * sign[:, None, :]) @ Vt
-        ok &= d[:, 1] > rank_tol * d[:, 0]
-        s = np.einsum("hi,hi->h", d, sign) / np.where(ok, var_s, 1.0) if mode == "sim3" else np.ones(len(cov))
-    ok &= np.isfinite(s) & (s > 0)
-    s = np.where(ok, s, 1.0)
-    t = mu_d - s[:, None] * np.einsum("hij,hj->hi", R, mu_s)
-    return s, R, t, ok
+        return _fixed_rotation_fits(src, dst, w, R_fixed, rank_tol)
+    s, R, t, fail = umeyama_batched(src, dst, w, with_scale=(mode == "sim3"), rank_tol=rank_tol)
+    return s, R, t, fail == 0
 
 
 def register(
-    dst: np.ndarray,
-    src: np.ndarray,
-    weight: np.ndarray,
-    depth_dst: np.ndarray,
+    dst,
+    src,
+    weight,
+    depth_dst,
     *,
     mode: str = "sim3",
     kernel: str = "huber",
@@ -191,6 +200,9 @@ def register(
         tol: IRLS stops when an update moves every pair by less than ``tol`` x depth.
         rank_tol: relative singular-value floor of the degeneracy checks.
 
+    The arrays may be numpy arrays or torch tensors (on any device; they are
+    read to the host once).
+
     Returns:
         :class:`RegistrationResult` (always finite).
 
@@ -199,6 +211,23 @@ def register(
             degenerate geometry (coincident or collinear points), unknown mode
             or kernel, or ``mode="scale"`` without ``init``.
     """
+    _check_options(mode, kernel, kernel_scale, inlier_threshold, init)
+    dst, src, conf, depth = _valid_pairs(dst, src, weight, depth_dst, min_points)
+    base = conf / depth**2
+    R_fixed = None if init is None else init.R
+    _check_geometry(src, base, mode, rank_tol)
+    fit = dict(mode=mode, R_fixed=R_fixed, rank_tol=rank_tol)
+    T = _best_start(dst, src, conf, depth, base, init, fit, n_hypotheses=n_hypotheses, sample_size=sample_size,
+                    seed=seed, inlier_threshold=inlier_threshold)
+    T, r, iterations, converged = _irls(T, dst, src, depth, base, fit, kernel=kernel, kernel_scale=kernel_scale,
+                                        inlier_threshold=inlier_threshold, irls_iters=irls_iters,
+                                        need=max(min_points, 3), tol=tol)
+    inlier_ratio = float(np.mean(r < inlier_threshold))
+    residual_median = float(np.median(r))
+    return RegistrationResult(T, inlier_ratio, residual_median, len(dst), iterations, converged)
+
+
+def _check_options(mode: str, kernel: str, kernel_scale: float, inlier_threshold: float, init) -> None:
     if mode not in _MODES:
         raise AlignmentError(f"register(mode): expected sim3, se3 or scale, got {mode!r}")
     if kernel not in _KERNELS:
@@ -207,44 +236,57 @@ def register(
         raise AlignmentError("register: kernel_scale and inlier_threshold must be positive")
     if mode == "scale" and init is None:
         raise AlignmentError("register: mode='scale' needs init (its rotation is kept)")
-    dst = np.asarray(dst, dtype=np.float64)
-    src = np.asarray(src, dtype=np.float64)
-    check_shape("register(dst)", dst, ("M", 3))
-    m = dst.shape[0]
-    check_shape("register(src)", src, (m, 3))
-    weight = np.asarray(weight, dtype=np.float64)
-    check_shape("register(weight)", weight, (m,))
-    depth_dst = np.asarray(depth_dst, dtype=np.float64)
-    check_shape("register(depth_dst)", depth_dst, (m,))
 
+
+def _as_float64(name: str, value, shape: tuple) -> np.ndarray:
+    """``value`` (numpy array, sequence or torch tensor on any device) as a float64 numpy array of ``shape``."""
+    if hasattr(value, "detach"):  # a torch tensor
+        value = value.detach().cpu().numpy()
+    a = np.asarray(value, dtype=np.float64)
+    check_shape(name, a, shape)
+    return a
+
+
+def _valid_pairs(dst, src, weight, depth_dst, min_points: int):
+    """The finite, positively weighted pairs with positive depth: ``(dst, src, conf, depth)``; too few raise."""
+    dst = _as_float64("register(dst)", dst, ("M", 3))
+    m = dst.shape[0]
+    src = _as_float64("register(src)", src, (m, 3))
+    weight = _as_float64("register(weight)", weight, (m,))
+    depth_dst = _as_float64("register(depth_dst)", depth_dst, (m,))
     valid = np.all(np.isfinite(dst), axis=1) & np.all(np.isfinite(src), axis=1)
     valid &= np.isfinite(weight) & (weight > 0) & np.isfinite(depth_dst) & (depth_dst > 0)
     n = int(valid.sum())
     if n < max(min_points, 3):
         raise AlignmentError(f"register: {n} valid weighted pairs, fewer than min_points={min_points}")
-    dst, src, conf, depth = dst[valid], src[valid], weight[valid], depth_dst[valid]
-    base = conf / depth**2
-    R_fixed = None if init is None else init.R
+    return dst[valid], src[valid], weight[valid], depth_dst[valid]
 
-    _check_geometry(src, base, mode, rank_tol)
-    # Start: the best of least squares, init and minimal-sample fits.
+
+def _best_start(dst, src, conf, depth, base, init, fit: dict, *, n_hypotheses: int, sample_size: int, seed: int,
+                inlier_threshold: float) -> Sim3:
+    """The best of least squares, ``init`` and minimal-sample fits by the truncated cost."""
+    n = len(dst)
     candidates = [init] if init is not None else []
     try:
-        candidates.append(_fit(src, dst, base, mode, R_fixed, rank_tol))
+        candidates.append(_fit(src, dst, base, **fit))
     except AlignmentError:
         log.debug("register: least-squares start rejected (e.g. negative scale under outliers)")
     if n_hypotheses > 0:
         rng = np.random.default_rng(seed)
         size = min(sample_size, n)
         idx = np.stack([rng.choice(n, size=size, replace=False) for _ in range(n_hypotheses)])
-        s_h, R_h, t_h, ok = _batched_fits(src[idx], dst[idx], base[idx], mode, R_fixed, rank_tol)
+        s_h, R_h, t_h, ok = _batched_fits(src[idx], dst[idx], base[idx], **fit)
         candidates += [Sim3(s_h[h], R_h[h], t_h[h]) for h in np.flatnonzero(ok)]
     if not candidates:
         raise AlignmentError("register: no valid starting transform (inconsistent correspondences)")
     trunc2 = inlier_threshold**2
     scores = [float(np.sum(conf * np.minimum(_relative_residuals(T, dst, src, depth) ** 2, trunc2))) for T in candidates]
-    T = candidates[int(np.argmin(scores))]
+    return candidates[int(np.argmin(scores))]
 
+
+def _irls(T: Sim3, dst, src, depth, base, fit: dict, *, kernel: str, kernel_scale: float, inlier_threshold: float,
+          irls_iters: int, need: int, tol: float):
+    """IRLS from ``T``: ``(T, residuals, iterations, converged)``."""
     iterations = 0
     converged = False
     r = _relative_residuals(T, dst, src, depth)
@@ -252,10 +294,10 @@ def register(
         iterations += 1
         w = base * kernel_weights(r / kernel_scale, kernel)
         inl = r < inlier_threshold
-        if np.count_nonzero(inl & (w > 0)) >= max(min_points, 3):
+        if np.count_nonzero(inl & (w > 0)) >= need:
             w = np.where(inl, w, 0.0)
         try:
-            T_new = _fit(src, dst, w, mode, R_fixed, rank_tol)
+            T_new = _fit(src, dst, w, **fit)
         except AlignmentError:
             log.debug("register: IRLS step degenerate, keeping the previous estimate")
             break
@@ -265,9 +307,7 @@ def register(
         if float(np.max(move)) < tol:
             converged = True
             break
-    inlier_ratio = float(np.mean(r < inlier_threshold))
-    residual_median = float(np.median(r))
-    return RegistrationResult(T, inlier_ratio, residual_median, n, iterations, converged)
+    return T, r, iterations, converged
 
 
 def _chordal_mean_rotation(R: np.ndarray) -> np.ndarray:
@@ -322,18 +362,7 @@ def pose_based_estimate(
     spread_b2 = float(np.mean(np.sum(cb_c**2, axis=1)))
     s_centres = float(np.mean(np.sum(ca_c * (cb_c @ R.T), axis=1)) / spread_b2) if spread_b2 > 0 else np.nan
     scale_floor = rank_tol * max(float(np.max(np.abs(cb))), 1.0)
-
-    s_depth = np.nan
-    median_depth_b = np.nan
-    if depth_a is not None:
-        da = np.asarray(depth_a, dtype=np.float64)
-        db = np.asarray(depth_b, dtype=np.float64)
-        check_shape("pose_based_estimate(depth_a)", da, (Pa.shape[0], "h", "w"))
-        check_shape("pose_based_estimate(depth_b)", db, da.shape)
-        ok = np.isfinite(da) & np.isfinite(db) & (da > 0) & (db > 0)
-        if np.any(ok):
-            s_depth = float(np.median(da[ok] / db[ok]))
-            median_depth_b = float(np.median(db[ok]))
+    s_depth, median_depth_b = _depth_ratio(depth_a, depth_b, Pa.shape[0])
     if np.isfinite(median_depth_b):
         use_centres = np.sqrt(spread_b2) >= min_baseline_ratio * median_depth_b
     else:
@@ -346,6 +375,20 @@ def pose_based_estimate(
         raise AlignmentError("pose_based_estimate: scale undetermined (no camera baseline and no valid depth pair)")
     t = np.mean(ca - s * (cb @ R.T), axis=0)
     return Sim3(s, R, t)
+
+
+def _depth_ratio(depth_a, depth_b, k: int) -> tuple[float, float]:
+    """``(median depth_a / depth_b, median depth_b)`` over the valid pixel pairs; NaNs without depths or pairs."""
+    if depth_a is None:
+        return np.nan, np.nan
+    da = np.asarray(depth_a, dtype=np.float64)
+    db = np.asarray(depth_b, dtype=np.float64)
+    check_shape("pose_based_estimate(depth_a)", da, (k, "h", "w"))
+    check_shape("pose_based_estimate(depth_b)", db, da.shape)
+    ok = np.isfinite(da) & np.isfinite(db) & (da > 0) & (db > 0)
+    if not np.any(ok):
+        return np.nan, np.nan
+    return float(np.median(da[ok] / db[ok])), float(np.median(db[ok]))
 
 
 def transform_disagreement(a: Sim3, b: Sim3, pts: np.ndarray, *, depth: np.ndarray | None = None) -> float:
@@ -405,3 +448,33 @@ def quality_gate(
     if disagreement is not None and np.isfinite(disagreement) and disagreement > max_pose_disagreement:
         return False, "pose_disagreement"
     return True, ""
+
+
+def resolve_align_device(setting: str, predictor_device: Any = None) -> str:
+    """The validated ``align.device`` setting: ``"cpu"`` or a CUDA device name.
+
+    ``"auto"`` follows the predictor's device when it is a CUDA device and CUDA
+    is available, else ``"cpu"``; ``"cpu"`` and ``"cuda"`` / ``"cuda:N"`` are
+    taken as given (``"cuda"`` without CUDA raises :class:`ConfigError`).
+    :func:`register` runs in numpy on the host whatever this says: the inputs
+    are host arrays and numpy beats torch there (see the module docstring).
+    """
+    name = str(setting).strip().lower()
+    if name == "cpu":
+        return "cpu"
+    if name == "auto":
+        dev = str(predictor_device or "cpu").lower()
+        if not dev.startswith("cuda"):
+            return "cpu"
+        try:
+            import torch
+        except ImportError:
+            return "cpu"
+        return dev if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError(f"align.device: {setting!r} requested but CUDA is not available")
+        return name
+    raise ConfigError(f"align.device: expected auto, cpu or cuda[:N], got {setting!r}")

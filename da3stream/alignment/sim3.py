@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from da3stream.errors import AlignmentError, check_shape
+from da3stream.frozen import set_frozen
 
 
 @dataclass(frozen=True)
@@ -33,11 +34,7 @@ class Sim3:
             raise AlignmentError(f"Sim3: scale must be finite and positive, got {s}")
         if not (np.all(np.isfinite(R)) and np.all(np.isfinite(t))):
             raise AlignmentError("Sim3: rotation or translation contains NaN or inf")
-        R.setflags(write=False)
-        t.setflags(write=False)
-        object.__setattr__(self, "s", s)
-        object.__setattr__(self, "R", R)
-        object.__setattr__(self, "t", t)
+        set_frozen(self, s=s, R=R, t=t)
 
     @staticmethod
     def identity() -> "Sim3":

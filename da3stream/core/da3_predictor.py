@@ -41,10 +41,11 @@ from typing import Optional
 import numpy as np
 
 from da3stream.alignment.sim3 import cam_from_world_3x4_to_world_from_cam, invert_rigid
+from da3stream.alignment.umeyama import umeyama
 from da3stream.core import preprocess as pp
 from da3stream.core.checkpoint import CheckpointInfo, load_checkpoint, state_dict_sha256
 from da3stream.core.types import FrameBatch, Prediction
-from da3stream.errors import ConfigError, PredictionError, ShapeError, check_shape
+from da3stream.errors import AlignmentError, ConfigError, PredictionError, ShapeError, check_shape
 
 logger = logging.getLogger(__name__)
 
@@ -128,24 +129,15 @@ def normalise_cam_from_world(cam_from_world: np.ndarray, min_pose_scale: float =
 def umeyama_sim3(src: np.ndarray, dst: np.ndarray, min_spread: float = 1e-9) -> tuple[float, np.ndarray, np.ndarray]:
     """Least-squares Sim(3) ``dst ~ s R src + t`` for corresponding (M, 3) points (Umeyama 1991).
 
+    The official api's variant of :func:`da3stream.alignment.umeyama.umeyama`: uniform
+    weights, and collinear camera centres (a straight drive) are accepted.
     Returns ``(s, R, t)``; raises :class:`PredictionError` when ``src`` has no spread.
     """
-    src = np.asarray(src, dtype=np.float64)
-    dst = np.asarray(dst, dtype=np.float64)
-    mu_s, mu_d = src.mean(0), dst.mean(0)
-    xs, xd = src - mu_s, dst - mu_d
-    var_s = float((xs ** 2).sum(1).mean())
-    if not np.isfinite(var_s) or var_s < min_spread:
-        raise PredictionError(f"umeyama: source points have no spread (variance {var_s:.3g})")
-    cov = xd.T @ xs / len(src)
-    U, D, Vt = np.linalg.svd(cov)
-    S = np.eye(3)
-    if np.linalg.det(U) * np.linalg.det(Vt) < 0:
-        S[2, 2] = -1.0
-    R = U @ S @ Vt
-    s = float(np.trace(np.diag(D) @ S) / var_s)
-    t = mu_d - s * R @ mu_s
-    return s, R, t
+    try:
+        dst_from_src = umeyama(src, dst, rank_tol=None, min_points=1, min_spread=min_spread)
+    except AlignmentError as exc:
+        raise PredictionError(str(exc)) from None
+    return dst_from_src.s, np.array(dst_from_src.R), np.array(dst_from_src.t)
 
 
 def robust_umeyama_sim3(src: np.ndarray, dst: np.ndarray, cfg: PoseConditioning = PoseConditioning()):

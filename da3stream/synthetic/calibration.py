@@ -23,28 +23,11 @@ from typing import Optional, Sequence
 import numpy as np
 
 from da3stream.alignment.sim3 import Sim3
+from da3stream.alignment.umeyama import umeyama
 from da3stream.core.types import FrameBatch, Prediction
 from da3stream.errors import AlignmentError
 
 CHAIN_MODES = ("points", "poses", "poses_depth_scale")
-
-
-def umeyama_sim3(src: np.ndarray, dst: np.ndarray, weight: Optional[np.ndarray] = None) -> Sim3:
-    """Least-squares ``dst_from_src`` Sim(3) between point sets (M, 3) (Umeyama, optional weights)."""
-    w = np.ones(len(src)) if weight is None else np.asarray(weight, dtype=np.float64)
-    if len(src) < 3 or not w.sum() > 0:
-        raise AlignmentError(f"umeyama_sim3: need >= 3 weighted points, got {len(src)}")
-    w = w / w.sum()
-    ms, md = w @ src, w @ dst
-    xs, xd = src - ms, dst - md
-    U, S, Vt = np.linalg.svd((xd * w[:, None]).T @ xs)
-    D = np.diag([1.0, 1.0, np.sign(np.linalg.det(U @ Vt))])
-    R = U @ D @ Vt
-    var = float(w @ np.sum(xs**2, axis=1))
-    if not var > 0:
-        raise AlignmentError("umeyama_sim3: source points are all identical")
-    s = float(np.trace(np.diag(S) @ D)) / var
-    return Sim3(s, R, md - s * R @ ms)
 
 
 def prediction_points(pred: Prediction, frames: np.ndarray) -> np.ndarray:
@@ -73,11 +56,11 @@ def _relative(pa: Prediction, pb: Prediction, fa: np.ndarray, fb: np.ndarray, mo
         sel = rng.choice(good, min(n_points, good.size), replace=False)
         dst, src = dst[sel], src[sel]
         centre = pa.world_from_cam[fa[0], :3, 3]
-        rel = umeyama_sim3(src, dst)
+        rel = umeyama(src, dst, rank_tol=None)
         for _ in range(5):  # trim residuals (relative to the distance from the camera)
             r = np.linalg.norm(rel.apply(src) - dst, axis=1) / np.linalg.norm(dst - centre, axis=1)
             keep = r < 3.0 * np.median(r)
-            rel = umeyama_sim3(src[keep], dst[keep])
+            rel = umeyama(src[keep], dst[keep], rank_tol=None)
         return rel
     M = np.sum(pa.world_from_cam[fa, :3, :3] @ np.swapaxes(pb.world_from_cam[fb, :3, :3], 1, 2), axis=0)
     U, _, Vt = np.linalg.svd(M)
@@ -128,7 +111,7 @@ def chain_windows(preds: Sequence[Prediction], windows: Sequence[np.ndarray], mo
 
 def ate_rmse(est_centres: np.ndarray, gt_centres: np.ndarray) -> float:
     """RMSE (metres) of camera centres (F, 3) after the best Sim(3) alignment to the ground truth."""
-    T = umeyama_sim3(est_centres, gt_centres)
+    T = umeyama(est_centres, gt_centres, rank_tol=None)
     return float(np.sqrt(np.mean(np.sum((T.apply(est_centres) - gt_centres) ** 2, axis=1))))
 
 

@@ -36,6 +36,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
+from da3stream.alignment.lie import so3_exp
 from da3stream.alignment.sim3 import Sim3
 from da3stream.core.types import FrameBatch, Prediction
 from da3stream.errors import ConfigError, PredictionError, check_shape
@@ -276,20 +277,6 @@ def da3_depth_hw(image_hw: tuple, process_res: int = 504, patch: int = 14) -> tu
     return (max(patch, int(np.floor(nh / patch + 0.5)) * patch), max(patch, int(np.floor(nw / patch + 0.5)) * patch))
 
 
-def _so3_exp(rotvec: np.ndarray) -> np.ndarray:
-    """(n, 3) rotation vectors -> (n, 3, 3) rotations (Rodrigues)."""
-    theta = np.linalg.norm(rotvec, axis=-1)[..., None, None]
-    K = np.zeros(rotvec.shape[:-1] + (3, 3))
-    K[..., 0, 1], K[..., 0, 2] = -rotvec[..., 2], rotvec[..., 1]
-    K[..., 1, 0], K[..., 1, 2] = rotvec[..., 2], -rotvec[..., 0]
-    K[..., 2, 0], K[..., 2, 1] = -rotvec[..., 1], rotvec[..., 0]
-    small = theta < 1e-12
-    th = np.where(small, 1.0, theta)
-    a = np.where(small, 1.0, np.sin(th) / th)
-    b = np.where(small, 0.5, (1.0 - np.cos(th)) / (th * th))
-    return np.eye(3) + a * K + b * (K @ K)
-
-
 def _random_rotation(rng: np.random.Generator) -> np.ndarray:
     q = rng.standard_normal(4)
     q = q / np.linalg.norm(q)
@@ -343,7 +330,7 @@ def _perturb(world_from_cam: np.ndarray, gen: np.random.Generator, extent: float
     jit_std = trans_jitter_rel * extent + trans_floor_rel_depth * median_depth
     trans = _walk(gen, n) * (trans_walk_rel * extent) + gen.standard_normal((n, 3)) * jit_std
     out = world_from_cam.copy()
-    out[:, :3, :3] = world_from_cam[:, :3, :3] @ _so3_exp(rot)
+    out[:, :3, :3] = world_from_cam[:, :3, :3] @ so3_exp(rot)
     out[:, :3, 3] = world_from_cam[:, :3, 3] + trans
     return out
 

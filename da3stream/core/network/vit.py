@@ -129,7 +129,17 @@ def apply_rope(x: Tensor, tables: RopeTables) -> Tensor:
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention via ``F.scaled_dot_product_attention``."""
+    """Multi-head self-attention via ``F.scaled_dot_product_attention``.
+
+    There is no xformers backend (it was an optional extra that nothing imported,
+    and was dropped): the attention here is plain unmasked softmax attention with
+    no bias, for which torch's SDPA already dispatches to the FlashAttention-2 or
+    the memory-efficient (xformers-derived cutlass) kernel on CUDA in fp16 /
+    bf16, and to its fused math kernel on the CPU, where xformers 0.0.35 has no
+    operator at all. A second backend would add an install and a code path the
+    CPU tests cannot run, for no kernel SDPA lacks (no GPU was available to
+    this change to measure one against the other).
+    """
 
     def __init__(self, dim: int, num_heads: int, qk_norm: bool = False) -> None:
         super().__init__()

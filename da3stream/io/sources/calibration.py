@@ -55,6 +55,7 @@ from typing import Any, Optional
 import numpy as np
 
 from da3stream.errors import ConfigError, ShapeError, check_shape
+from da3stream.frozen import set_frozen
 
 log = logging.getLogger(__name__)
 
@@ -113,11 +114,7 @@ class Calibration:
             if len(hw) != 2 or any(not isinstance(v, (int, np.integer)) or v < 1 for v in hw):
                 raise ConfigError(f"{self.origin}: image size must be two positive integers (H, W), got {hw}")
             hw = (int(hw[0]), int(hw[1]))
-        K.setflags(write=False)
-        dist.setflags(write=False)
-        object.__setattr__(self, "K", K)
-        object.__setattr__(self, "dist", dist)
-        object.__setattr__(self, "image_hw", hw)
+        set_frozen(self, K=K, dist=dist, image_hw=hw)
 
     @property
     def has_distortion(self) -> bool:

@@ -28,6 +28,7 @@ from typing import Optional
 import numpy as np
 
 from da3stream.errors import ConfigError, ShapeError, check_shape
+from da3stream.frozen import set_frozen
 
 log = logging.getLogger(__name__)
 
@@ -92,12 +93,7 @@ class PosePrior:
                 raise ConfigError(str(exc)) from None
             _check_rigid("body_from_cam", extrinsic[None])
             P = P @ extrinsic
-            extrinsic.setflags(write=False)
-        t.setflags(write=False)
-        P.setflags(write=False)
-        object.__setattr__(self, "timestamps", t)
-        object.__setattr__(self, "world_from_cam", P)
-        object.__setattr__(self, "body_from_cam", extrinsic)
+        set_frozen(self, timestamps=t, world_from_cam=P, body_from_cam=extrinsic)
 
     @classmethod
     def load(cls, path: str | os.PathLike, body_from_cam: Optional[np.ndarray] = None) -> "PosePrior":
