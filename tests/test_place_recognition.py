@@ -5,13 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from da3stream.streaming.loops.index import (
-    DescriptorIndex,
-    exclusion_mask,
-    greedy_nms_1d,
-    spherical_kmeans,
-    suppress_pairs,
-)
+from da3stream.streaming.loops.index import DescriptorIndex
+from da3stream.streaming.loops.kmeans import spherical_kmeans
+from da3stream.streaming.loops.selection import exclusion_mask, greedy_nms_1d, suppress_pairs
 from da3stream.errors import ConfigError, ShapeError
 
 D = 32
@@ -250,7 +246,7 @@ def test_spherical_kmeans_is_deterministic_and_unit_norm(rng):
 
 
 def test_blocked_rows_append_index_and_iterate(rng):
-    from da3stream.streaming.loops.index import BlockedRows
+    from da3stream.streaming.loops.blocked_rows import BlockedRows
 
     ref = rng.standard_normal((1000, 3))
     arr = BlockedRows(np.float64, (3,), block_rows=64)

@@ -12,6 +12,22 @@ best result, and for every backend the place recall: the fraction of queries
 whose best result is a frame of the queried place. Also reports the time to insert all entries (IVF training
 included) and a log-log slope of the fastest query time against index size
 (1 = linear; the minimum is the least disturbed by other load on the machine).
+
+Each backend row also gives ``bytes_per_entry`` (what the index holds per
+entry written: descriptor, time, distance, frame, row id, IVF list slot; the
+blocks' unwritten rows are not resident). When
+faiss-cpu is installed, ``faiss`` gives the same figures for faiss indexes
+searched the same way (per-query exclusion as an ``IDSelectorBitmap`` before
+the top-k, the same candidate pool, then the same NMS): ``flat_f32``
+(``IndexFlatIP``), ``flat_bf16`` (``IndexScalarQuantizer`` with ``QT_bf16``,
+the storage our index uses), ``ivf_f32`` (``IndexIVFFlat``) and ``ivf_bf16``
+(``IndexIVFScalarQuantizer`` ``QT_bf16``), IVF with our IVF's list count
+(``round(sqrt(T))`` for the training size ``T`` our IVF reached) and
+``n_probe``, trained once on the first ``T`` entries. Their
+``bytes_per_entry`` is the serialised faiss index per entry plus the 32 bytes
+of per-entry columns (time, distance, frame, row) that the loop closer needs
+beside any faiss index. ``recall_at_1_vs_exact`` compares the best result
+with our exact search's.
 """
 
 from __future__ import annotations
@@ -23,6 +39,10 @@ import numpy as np
 import torch
 
 from da3stream.streaming.loops.index import DescriptorIndex
+from da3stream.streaming.loops.selection import exclusion_mask, greedy_nms_1d
+
+_META_BYTES = 32
+"""Per-entry columns the loop closer keeps beside the descriptors: time, distance, frame, row (8 bytes each)."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -36,6 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="torch device of the exact search (cpu, cuda, auto)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-faiss", action="store_true", help="skip the faiss-cpu comparison")
 
 
 def _trajectory(n: int, dim: int, rng: np.random.Generator):
@@ -63,7 +84,11 @@ def run(args: argparse.Namespace) -> dict:
     rng = np.random.default_rng(args.seed)
     fps = 30.0
     results = []
+    faiss = None if args.no_faiss else _import_faiss()
+    if faiss is not None:
+        faiss.omp_set_num_threads(max(1, int(args.threads)))
     for size in args.sizes:
+        trained_at = 0
         desc, places, place_of = _trajectory(size, args.dim, rng)
         times = np.arange(size) / fps
         dists = np.arange(size) * 0.05
@@ -113,9 +138,15 @@ def run(args: argparse.Namespace) -> dict:
                 "insert_s_total": build,
                 "uses_ivf": bool(index.uses_ivf),
                 "place_recall_at_1": float(np.mean((best[backend] >= 0) & (place_of[best[backend]] == q_place))),
+                "bytes_per_entry": _written_bytes_per_entry(index),
             }
+            trained_at = max(trained_at, index._trained_at) if backend == "ivf" else trained_at
         if "exact" in best and "ivf" in best:
             row["ivf"]["recall_at_1_vs_exact"] = float(np.mean(best["exact"] == best["ivf"]))
+        if faiss is not None:
+            ivf_train = trained_at or min(size, 20000)
+            row["faiss"] = _faiss_rows(faiss, args, desc, times, dists, frames, q_desc, q_time, q_dist, q_place,
+                                       place_of, best.get("exact"), ivf_train)
         results.append(row)
     slopes = {}
     if len(args.sizes) >= 2:
@@ -129,6 +160,91 @@ def run(args: argparse.Namespace) -> dict:
         "top_k": args.top_k,
         "device": args.device,
         "threads": torch.get_num_threads(),
+        "faiss_version": None if faiss is None else faiss.__version__,
         "results": results,
         "loglog_slope_query_time_vs_size": slopes,
     }
+
+
+def _written_bytes_per_entry(index: DescriptorIndex) -> float:
+    """Bytes per entry of the rows written (blocks are ``np.empty``: unwritten rows are not resident)."""
+    desc = np.dtype(index._desc.dtype).itemsize * index.dim
+    lists = sum(m.n for m in index._lists) * np.dtype(np.int64).itemsize
+    return desc + _META_BYTES + lists / max(len(index), 1)
+
+
+def _import_faiss():
+    try:
+        import faiss
+    except ImportError:
+        return None
+    return faiss
+
+
+def _faiss_index(faiss, kind: str, dim: int, n_lists: int):
+    ip = faiss.METRIC_INNER_PRODUCT
+    bf16 = faiss.ScalarQuantizer.QT_bf16
+    if kind == "flat_f32":
+        return faiss.IndexFlatIP(dim), None
+    if kind == "flat_bf16":
+        return faiss.IndexScalarQuantizer(dim, bf16, ip), None
+    quantizer = faiss.IndexFlatIP(dim)
+    if kind == "ivf_f32":
+        return faiss.IndexIVFFlat(quantizer, dim, n_lists, ip), quantizer
+    return faiss.IndexIVFScalarQuantizer(quantizer, dim, n_lists, bf16, ip), quantizer
+
+
+def _faiss_search(faiss, index, q, qt, qd, times, dists, frames, args, *, ivf: bool):
+    """Best entry per query, the loop closer's way: exclusion before top-k, pool, threshold, NMS."""
+    n = index.ntotal
+    pool = args.top_k * (2 * max(args.nms, 0) + 1)
+    excl = exclusion_mask(qt, qd, times, dists, exclude_seconds=20.0, exclude_distance=0.0)
+    top = np.full(q.shape[0], -1, dtype=np.int64)
+    for qi in range(q.shape[0]):
+        bits = np.packbits(~excl[qi], bitorder="little")
+        sel = faiss.IDSelectorBitmap(n, faiss.swig_ptr(bits))
+        params = faiss.SearchParametersIVF(sel=sel, nprobe=16) if ivf else faiss.SearchParameters(sel=sel)
+        sc, ent = index.search(q[qi:qi + 1], pool, params=params)
+        ok = (ent[0] >= 0) & (sc[0] >= 0.0)
+        ent, sc = ent[0][ok], sc[0][ok]
+        if ent.size == 0:
+            continue
+        keep = greedy_nms_1d(frames[ent], np.lexsort((ent, -sc)), max(args.nms, 0), args.top_k)
+        top[qi] = ent[keep[0]]
+    return top
+
+
+def _faiss_rows(faiss, args, desc, times, dists, frames, q_desc, q_time, q_dist, q_place, place_of, exact_best,
+                ivf_train: int) -> dict:
+    """The faiss indexes' figures on the same data and queries (see the module docstring)."""
+    size = desc.shape[0]
+    n_lists = max(1, min(ivf_train, int(round(np.sqrt(ivf_train)))))
+    out = {}
+    for kind in ("flat_f32", "flat_bf16", "ivf_f32", "ivf_bf16"):
+        ivf = kind.startswith("ivf")
+        t0 = time.perf_counter()
+        index, _quantizer = _faiss_index(faiss, kind, args.dim, n_lists)
+        if not index.is_trained:
+            index.train(desc[:ivf_train] if ivf else desc)
+        for a in range(0, size, 64):
+            index.add(desc[a:a + 64])
+        build = time.perf_counter() - t0
+        search = lambda r: _faiss_search(faiss, index, q_desc[r], q_time, q_dist, times, dists, frames, args, ivf=ivf)
+        search(0)  # warm-up
+        elapsed, tops = [], []
+        for r in range(args.repeats):
+            t0 = time.perf_counter()
+            tops.append(search(r))
+            elapsed.append(time.perf_counter() - t0)
+        top = np.stack(tops)
+        out[kind] = {
+            "query_ms_min": 1e3 * float(np.min(elapsed)),
+            "query_ms_median": 1e3 * float(np.median(elapsed)),
+            "query_ms_p90": 1e3 * float(np.percentile(elapsed, 90)),
+            "insert_s_total": build,
+            "bytes_per_entry": faiss.serialize_index(index).nbytes / size + _META_BYTES,
+            "place_recall_at_1": float(np.mean((top >= 0) & (place_of[top] == q_place))),
+        }
+        if exact_best is not None:
+            out[kind]["recall_at_1_vs_exact"] = float(np.mean(top == exact_best))
+    return out
