@@ -307,3 +307,14 @@ def test_bfloat16_storage_finds_what_float32_finds(rng):
     assert np.median(np.abs(h.similarity - f.similarity)) < 5e-4
     with pytest.raises(ConfigError):
         DescriptorIndex(8, storage_dtype="int8")
+
+
+def test_config_accepts_exactly_the_index_storage_types():
+    """loop.index_dtype is validated by the config, which cannot import the index: the two lists agree."""
+    from da3stream.config import load_config
+    from da3stream.streaming.loops.index import STORAGE_DTYPES
+
+    for name in STORAGE_DTYPES:
+        assert load_config(None, {"loop.index_dtype": name}).loop.index_dtype == name
+    with pytest.raises(ConfigError, match="loop.index_dtype"):
+        load_config(None, {"loop.index_dtype": "float16"})
