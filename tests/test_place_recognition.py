@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from da3stream.streaming.loops.index import DescriptorIndex
-from da3stream.streaming.loops.kmeans import spherical_kmeans
-from da3stream.streaming.loops.selection import exclusion_mask, greedy_nms_1d, suppress_pairs
+from da3stream.streaming.loops.index.kmeans import spherical_kmeans
+from da3stream.streaming.loops.index.selection import exclusion_mask, greedy_nms_1d, suppress_pairs
 from da3stream.errors import ConfigError, ShapeError
 
 D = 32
@@ -246,7 +246,7 @@ def test_spherical_kmeans_is_deterministic_and_unit_norm(rng):
 
 
 def test_blocked_rows_append_index_and_iterate(rng):
-    from da3stream.streaming.loops.blocked_rows import BlockedRows
+    from da3stream.streaming.loops.index.blocked_rows import BlockedRows
 
     ref = rng.standard_normal((1000, 3))
     arr = BlockedRows(np.float64, (3,), block_rows=64)

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from da3stream.streaming.loops.index import DescriptorIndex
-from da3stream.streaming.loops.selection import exclusion_mask, greedy_nms_1d
+from da3stream.streaming.loops.index.selection import exclusion_mask, greedy_nms_1d
 
 _META_BYTES = 32
 """Per-entry columns the loop closer keeps beside the descriptors: time, distance, frame, row (8 bytes each)."""

@@ -5,7 +5,7 @@ window. Each gets its best distinct non-recent entries from
 :meth:`~da3stream.streaming.loops.index.DescriptorIndex.search`; hits of
 different query frames that describe the same revisit (query and match both
 within ``loop.nms_frames`` source frames) are merged by
-:func:`~da3stream.streaming.loops.selection.suppress_pairs`, best first.
+:func:`~da3stream.streaming.loops.index.selection.suppress_pairs`, best first.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import numpy as np
 
 from da3stream.config import LoopConfig
 from da3stream.streaming.loops.index import DescriptorIndex
-from da3stream.streaming.loops.selection import suppress_pairs
+from da3stream.streaming.loops.index.selection import suppress_pairs
 
 __all__ = ["Candidate", "find_candidates", "query_positions"]
 

@@ -16,7 +16,7 @@ videos, and each is handled here rather than left to the caller:
   frames) so the ``top_k`` slots go to *distinct* places. The candidate pool is
   sized ``top_k * (2 radius + 1)``, which provably yields the same survivors
   as running NMS over the full score vector (every survivor suppresses at most
-  ``2 radius`` others). :func:`~da3stream.streaming.loops.selection.suppress_pairs` then merges (query, match)
+  ``2 radius`` others). :func:`.selection.suppress_pairs` then merges (query, match)
   pairs from different query frames that describe the same revisit.
 * **Sub-quadratic cost.** ``backend="exact"`` is a blocked brute-force inner
   product (numpy on the CPU, torch on a CUDA device when asked), linear per query.
@@ -57,7 +57,7 @@ when faiss itself holds the bfloat16 codes. It is not the backend, for three rea
   at each doubling, list assignment that does not depend on insertion batches), so a
   faiss IVF would add its own 520 bytes per entry: about 1,070 instead of 552. And
   faiss keeps codes in growing ``std::vector`` buffers, the copy-on-doubling pattern
-  :class:`~da3stream.streaming.loops.blocked_rows.BlockedRows` replaced: adding
+  :class:`~da3stream.streaming.loops.index.blocked_rows.BlockedRows` replaced: adding
   200,000 bfloat16 entries in batches of 64 to a faiss ``IndexScalarQuantizer`` raised
   the peak RSS by 129 MB for a final 99 MB (1.3x); our index 105 MB peak for 105 MB
   final (1.0x, descriptors plus the per-entry columns).
@@ -77,9 +77,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from da3stream.errors import ConfigError, ShapeError, check_shape
-from da3stream.streaming.loops.blocked_rows import BlockedRows
-from da3stream.streaming.loops.kmeans import spherical_kmeans
-from da3stream.streaming.loops.selection import best_k, exclusion_mask, greedy_nms_1d
+from da3stream.streaming.loops.index.blocked_rows import BlockedRows
+from da3stream.streaming.loops.index.kmeans import spherical_kmeans
+from da3stream.streaming.loops.index.selection import best_k, exclusion_mask, greedy_nms_1d
 
 __all__ = ["STORAGE_DTYPES", "Candidates", "DescriptorIndex"]
 
