@@ -38,7 +38,7 @@ from da3stream.alignment.sim3 import Sim3
 from da3stream.config import AlignConfig, LoopConfig
 from da3stream.core.types import Predictor
 from da3stream.errors import AlignmentError, ShapeError, check_shape
-from da3stream.io.store.run_store import LoopEdge
+from da3stream.io.store.run_store import ChunkStatus, LoopEdge
 from da3stream.streaming.loops.candidates import find_candidates
 from da3stream.streaming.loops.consistency import Verified, decide
 from da3stream.streaming.loops.graph import (
@@ -53,8 +53,6 @@ from da3stream.streaming.loops.verify import LoopVerifier, around
 log = logging.getLogger(__name__)
 
 __all__ = ["LoopEdge", "FrameData", "WindowContext", "LoopUpdate", "LoopCloser", "canonical_sim3"]
-
-_STATUS_OK = 0  # chunks/status codes (see docs/STORE.md)
 
 
 class LoopCloser:
@@ -176,7 +174,7 @@ class LoopCloser:
             if c > 0 and np.all(np.isfinite(cfp[c])):
                 i_from_j = Sim3.from_array(cfp[c]).inverse()
                 r = float(res[c]) if np.isfinite(res[c]) else 1.0
-                self._seq[c] = SeqEdge(i_from_j, float(inl[c]), r, int(status[c]) != _STATUS_OK)
+                self._seq[c] = SeqEdge(i_from_j, float(inl[c]), r, int(status[c]) != ChunkStatus.OK)
                 self._odom[c] = self._odom[c - 1] @ i_from_j
             else:
                 self.add_node(c, world_from_chunk[c])
