@@ -172,6 +172,18 @@ class LoopConfig:
     min_graph_weight: float = 0.1
     """A new loop whose final robust weight in the pose graph falls below this is rejected as an outlier."""
 
+    def __post_init__(self) -> None:
+        if self.graph_kernel not in ("huber", "cauchy"):
+            raise ConfigError(f"loop.graph_kernel must be huber or cauchy, got {self.graph_kernel!r}")
+        # The same names as da3stream.streaming.loops.index.STORAGE_DTYPES (a test pins it; config imports nothing
+        # from streaming).
+        if self.index_dtype not in ("bfloat16", "float32"):
+            raise ConfigError(f"loop.index_dtype must be one of bfloat16, float32, got {self.index_dtype!r}")
+        if self.index_backend not in ("exact", "ivf", "auto"):
+            raise ConfigError(f"loop.index_backend must be exact, ivf or auto, got {self.index_backend!r}")
+        if self.max_verifications < 0 or self.window_half < 1 or self.max_scale_ratio < 1.0:
+            raise ConfigError("loop: need max_verifications >= 0, window_half >= 1 and max_scale_ratio >= 1")
+
 
 @dataclass(frozen=True)
 class FusionConfig:

@@ -22,15 +22,10 @@ from da3stream.alignment.umeyama import umeyama
 from da3stream.config import load_config
 from da3stream.synthetic.simulated import SimParams, SimulatedPredictor
 from da3stream.core.types import FrameBatch
-from da3stream.streaming.loops.closer import (
-    FrameData,
-    LoopCloser,
-    LoopEdge,
-    WindowContext,
-    _agreeing_group,
-    _component_roots,
-    _Verified,
-)
+from da3stream.alignment.graph_terms import component_roots as _component_roots
+from da3stream.streaming.loops.closer import FrameData, LoopCloser, LoopEdge, WindowContext
+from da3stream.streaming.loops.consistency import Verified as _Verified
+from da3stream.streaming.loops.consistency import agreeing_group as _agreeing_group
 from da3stream.synthetic.sequence import make_sequence
 
 DEPTH_HW = (48, 64)
@@ -493,6 +488,7 @@ def test_graph_outlier_loop_is_dropped_and_the_rest_applied():
 def test_bad_loop_config_raises_one_line_errors(over, match):
     from da3stream.errors import ConfigError
 
-    cfg = load_config(None, over)
+    # The loop config validates itself (LoopConfig.__post_init__): the error comes from loading it.
     with pytest.raises(ConfigError, match=match):
+        cfg = load_config(None, over)
         LoopCloser(cfg.loop, cfg.align, predictor=None)

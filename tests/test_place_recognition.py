@@ -5,13 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from da3stream.streaming.loops.index import (
-    DescriptorIndex,
-    exclusion_mask,
-    greedy_nms_1d,
-    spherical_kmeans,
-    suppress_pairs,
-)
+from da3stream.streaming.loops.index import DescriptorIndex
+from da3stream.streaming.loops.index.kmeans import spherical_kmeans
+from da3stream.streaming.loops.index.selection import exclusion_mask, greedy_nms_1d, suppress_pairs
 from da3stream.errors import ConfigError, ShapeError
 
 D = 32
@@ -250,7 +246,7 @@ def test_spherical_kmeans_is_deterministic_and_unit_norm(rng):
 
 
 def test_blocked_rows_append_index_and_iterate(rng):
-    from da3stream.streaming.loops.index import BlockedRows
+    from da3stream.streaming.loops.index.blocked_rows import BlockedRows
 
     ref = rng.standard_normal((1000, 3))
     arr = BlockedRows(np.float64, (3,), block_rows=64)
@@ -311,3 +307,14 @@ def test_bfloat16_storage_finds_what_float32_finds(rng):
     assert np.median(np.abs(h.similarity - f.similarity)) < 5e-4
     with pytest.raises(ConfigError):
         DescriptorIndex(8, storage_dtype="int8")
+
+
+def test_config_accepts_exactly_the_index_storage_types():
+    """loop.index_dtype is validated by the config, which cannot import the index: the two lists agree."""
+    from da3stream.config import load_config
+    from da3stream.streaming.loops.index import STORAGE_DTYPES
+
+    for name in STORAGE_DTYPES:
+        assert load_config(None, {"loop.index_dtype": name}).loop.index_dtype == name
+    with pytest.raises(ConfigError, match="loop.index_dtype"):
+        load_config(None, {"loop.index_dtype": "float16"})

@@ -16,7 +16,7 @@ videos, and each is handled here rather than left to the caller:
   frames) so the ``top_k`` slots go to *distinct* places. The candidate pool is
   sized ``top_k * (2 radius + 1)``, which provably yields the same survivors
   as running NMS over the full score vector (every survivor suppresses at most
-  ``2 radius`` others). :func:`suppress_pairs` then merges (query, match)
+  ``2 radius`` others). :func:`.selection.suppress_pairs` then merges (query, match)
   pairs from different query frames that describe the same revisit.
 * **Sub-quadratic cost.** ``backend="exact"`` is a blocked brute-force inner
   product (numpy on the CPU, torch on a CUDA device when asked), linear per query.
@@ -29,7 +29,44 @@ videos, and each is handled here rather than left to the caller:
   rebuilt index (resume) equals the original.
 
 Nothing here reads the clock or a global random state; results depend only on
-the inputs and ``seed``.
+the inputs and ``seed``. The index imports only numpy and the errors module
+(its storage, selection and k-means modules are numpy-only too).
+
+Why not faiss (measured 2026-12-04, faiss-cpu 1.15.1, 2 threads on a 2-core machine
+shared with other jobs, so absolute times are several times the quiet figures in the
+README): ``python -m da3stream.bench retrieval --repeats 10``, fastest search of 4
+queries (exclusion, pool, NMS) at 1k / 10k / 100k entries, bytes per entry, recall@1
+against our exact search:
+
+=================  ====================  ==========  ==================
+index              query ms (min)        B / entry   recall@1 vs exact
+=================  ====================  ==========  ==================
+ours exact bf16    0.30 / 17.1 / 190     544         (reference)
+ours IVF bf16      0.57 / 2.2 / 43.8     552         1.0 / 0.975 / 0.975
+faiss flat f32     0.19 / 0.78 / 25.5    1056        1.0 / 0.975 / 1.0
+faiss flat bf16    0.19 / 0.68 / 60.0    544         1.0 / 1.0 / 1.0
+faiss IVF f32      0.20 / 0.31 / 1.31    1067-1097   1.0 / 0.975 / 0.95
+faiss IVF bf16     0.20 / 0.31 / 0.95    555-585     0.975 / 0.975 / 0.95
+=================  ====================  ==========  ==================
+
+faiss searches faster (its IVF ~40x at 100k here), at the same bytes per entry only
+when faiss itself holds the bfloat16 codes. It is not the backend, for three reasons:
+
+* Memory. Behind this interface the blocked descriptors stay (exact search below
+  ``ivf_min_size``, the CUDA path, IVF re-training on exactly the first ``T`` entries
+  at each doubling, list assignment that does not depend on insertion batches), so a
+  faiss IVF would add its own 520 bytes per entry: about 1,070 instead of 552. And
+  faiss keeps codes in growing ``std::vector`` buffers, the copy-on-doubling pattern
+  :class:`~da3stream.streaming.loops.index.blocked_rows.BlockedRows` replaced: adding
+  200,000 bfloat16 entries in batches of 64 to a faiss ``IndexScalarQuantizer`` raised
+  the peak RSS by 129 MB for a final 99 MB (1.3x); our index 105 MB peak for 105 MB
+  final (1.0x, descriptors plus the per-entry columns).
+* Exactness. faiss's SIMD inner products differ from numpy's BLAS products in the
+  last bits, so with faiss-or-numpy-fallback the stored similarities, and near-tie
+  candidate orders, would depend on what is installed, and would change the loop
+  results of existing runs.
+* Cost in the run. Retrieval is one search per window: ~5.6 ms at 100k entries with
+  our IVF on a quiet machine (README), a few percent of a window's engine time.
 """
 
 from __future__ import annotations
@@ -40,8 +77,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from da3stream.errors import ConfigError, ShapeError, check_shape
+from da3stream.streaming.loops.index.blocked_rows import BlockedRows
+from da3stream.streaming.loops.index.kmeans import spherical_kmeans
+from da3stream.streaming.loops.index.selection import best_k, exclusion_mask, greedy_nms_1d
 
-__all__ = ["STORAGE_DTYPES", "BlockedRows", "Candidates", "DescriptorIndex", "exclusion_mask", "greedy_nms_1d", "suppress_pairs", "spherical_kmeans"]
+__all__ = ["STORAGE_DTYPES", "Candidates", "DescriptorIndex"]
 
 _BACKENDS = ("exact", "ivf", "auto")
 
@@ -59,243 +99,6 @@ class Candidates:
 
     def __len__(self) -> int:
         return int(self.query.shape[0])
-
-
-def exclusion_mask(
-    query_times: np.ndarray,
-    query_distances: np.ndarray,
-    entry_times: np.ndarray,
-    entry_distances: np.ndarray,
-    *,
-    exclude_seconds: float,
-    exclude_distance: float,
-) -> np.ndarray:
-    """(Q, N) bool, True where an entry is too recent to be a loop candidate for a query.
-
-    An entry is excluded when it is within ``exclude_seconds`` in time, or, when
-    ``exclude_distance > 0``, within ``exclude_distance`` in travelled distance.
-    """
-    qt = np.asarray(query_times, dtype=np.float64)[:, None]
-    et = np.asarray(entry_times, dtype=np.float64)[None, :]
-    mask = np.abs(qt - et) < exclude_seconds
-    if exclude_distance > 0:
-        qd = np.asarray(query_distances, dtype=np.float64)[:, None]
-        ed = np.asarray(entry_distances, dtype=np.float64)[None, :]
-        mask |= np.abs(qd - ed) < exclude_distance
-    return mask
-
-
-def greedy_nms_1d(keys: np.ndarray, order: np.ndarray, radius: int, limit: int) -> np.ndarray:
-    """Greedy 1-D non-maximum suppression.
-
-    Args:
-        keys: (M,) int64 positions (e.g. source frame indices) of the items.
-        order: (M,) item indices sorted best first.
-        radius: an item is dropped when a kept item lies within ``radius`` of it.
-        limit: stop after this many survivors.
-
-    Returns:
-        (K,) int64 surviving item indices, best first.
-    """
-    kept: list[int] = []
-    kept_keys: list[int] = []
-    for idx in order:
-        k = int(keys[idx])
-        if radius > 0 and any(abs(k - kk) <= radius for kk in kept_keys):
-            continue
-        kept.append(int(idx))
-        kept_keys.append(k)
-        if len(kept) >= limit:
-            break
-    return np.asarray(kept, dtype=np.int64)
-
-
-def suppress_pairs(
-    query_frames: np.ndarray, match_frames: np.ndarray, scores: np.ndarray, radius: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Non-maximum suppression of (query frame, match frame) pairs.
-
-    A pair is suppressed by a better-scoring kept pair whose query frame and
-    match frame both lie within ``radius`` source frames. Ties are broken by
-    query frame then match frame, so the result is deterministic.
-
-    Args:
-        query_frames: (K,) int64 source index of each pair's query frame.
-        match_frames: (K,) int64 source index of each pair's matched frame.
-        scores: (K,) similarity, higher is better.
-        radius: suppression radius in source frames.
-
-    Returns:
-        ``(keep (J,) int64 indices of surviving pairs best first,
-        support (J,) int64 number of pairs each survivor absorbed, itself included)``.
-    """
-    q = np.asarray(query_frames, dtype=np.int64)
-    m = np.asarray(match_frames, dtype=np.int64)
-    sc = np.asarray(scores, dtype=np.float64)
-    check_shape("suppress_pairs(query_frames)", q, ("K",))
-    check_shape("suppress_pairs(match_frames)", m, q.shape)
-    check_shape("suppress_pairs(scores)", sc, q.shape)
-    order = np.lexsort((m, q, -sc))
-    keep: list[int] = []
-    support: list[int] = []
-    for idx in order:
-        hit = -1
-        for slot, kidx in enumerate(keep):
-            if abs(q[idx] - q[kidx]) <= radius and abs(m[idx] - m[kidx]) <= radius:
-                hit = slot
-                break
-        if hit >= 0:
-            support[hit] += 1
-        else:
-            keep.append(int(idx))
-            support.append(1)
-    return np.asarray(keep, dtype=np.int64), np.asarray(support, dtype=np.int64)
-
-
-def spherical_kmeans(x: np.ndarray, k: int, *, iters: int, seed: int) -> np.ndarray:
-    """Centroids (k, D) float32, unit norm, of unit vectors ``x`` (N, D) under cosine similarity.
-
-    Deterministic given ``seed``: k-means++-style seeding on a seeded generator,
-    then Lloyd iterations; an empty cluster is re-seeded with the point that
-    is worst served by its centroid.
-    """
-    x = np.asarray(x, dtype=np.float32)
-    n = x.shape[0]
-    if not 1 <= k <= n:
-        raise ConfigError(f"spherical_kmeans: need 1 <= k <= N, got k={k}, N={n}")
-    rng = np.random.default_rng(seed)
-    first = int(rng.integers(n))
-    centroids = [x[first]]
-    best = x @ x[first]
-    for _ in range(1, k):
-        # Farthest-first with a seeded tie-break: cheap and spreads the seeds.
-        dist = 1.0 - best
-        p = np.maximum(dist, 0.0).astype(np.float64)
-        total = p.sum()
-        nxt = int(rng.choice(n, p=p / total)) if total > 0 else int(rng.integers(n))
-        centroids.append(x[nxt])
-        best = np.maximum(best, x @ x[nxt])
-    c = np.stack(centroids)
-    for _ in range(iters):
-        sim = x @ c.T
-        assign = np.argmax(sim, axis=1)
-        sums = np.zeros_like(c)
-        np.add.at(sums, assign, x)
-        counts = np.bincount(assign, minlength=k)
-        empty = np.flatnonzero(counts == 0)
-        if empty.size:
-            served = sim[np.arange(n), assign]
-            worst = np.argsort(served, kind="stable")[: empty.size]
-            sums[empty] = x[worst]
-        norms = np.linalg.norm(sums, axis=1, keepdims=True)
-        c = (sums / np.maximum(norms, np.finfo(np.float32).tiny)).astype(np.float32)
-    return c
-
-
-class BlockedRows:
-    """An append-only array stored in fixed-size blocks (rows never move once written).
-
-    A growing numpy array that doubles its capacity copies everything at each
-    doubling and leaves freed buffers of ever larger sizes behind; over an
-    hour-long run that churn fragments the heap and makes the resident memory
-    creep. Blocks of ``block_rows`` rows are allocated once each (``np.empty``:
-    a block's pages become resident only as rows are written) and never copied,
-    so memory grows by exactly the rows appended.
-
-    Args:
-        dtype: element type.
-        row_shape: shape of one row (``()`` for a scalar column).
-        block_rows: rows per block.
-    """
-
-    def __init__(self, dtype, row_shape: tuple = (), block_rows: int = 8192) -> None:
-        if block_rows < 1:
-            raise ConfigError(f"BlockedRows: block_rows must be >= 1, got {block_rows}")
-        self.dtype = np.dtype(dtype)
-        self.row_shape = tuple(int(s) for s in row_shape)
-        self.block_rows = int(block_rows)
-        self._blocks: list[np.ndarray] = []
-        self._n = 0
-
-    def __len__(self) -> int:
-        return self._n
-
-    @property
-    def shape(self) -> tuple:
-        return (self._n,) + self.row_shape
-
-    @property
-    def nbytes_allocated(self) -> int:
-        """Bytes of all blocks (resident once written)."""
-        return sum(b.nbytes for b in self._blocks)
-
-    def append(self, values: np.ndarray) -> None:
-        """Append ``values`` (n,) + row_shape, cast to :attr:`dtype`."""
-        v = np.asarray(values)
-        check_shape("BlockedRows.append(values)", v, ("n",) + self.row_shape)
-        pos = 0
-        while pos < v.shape[0]:
-            blk, off = divmod(self._n, self.block_rows)
-            if blk == len(self._blocks):
-                self._blocks.append(np.empty((self.block_rows,) + self.row_shape, self.dtype))
-            take = min(self.block_rows - off, v.shape[0] - pos)
-            self._blocks[blk][off:off + take] = v[pos:pos + take]
-            self._n += take
-            pos += take
-
-    def blocks(self, start: int = 0, stop: int | None = None):
-        """Yield ``(first_row, view)`` over rows ``[start, stop)`` block by block (views, not copies)."""
-        stop = self._n if stop is None else min(int(stop), self._n)
-        a = max(0, int(start))
-        while a < stop:
-            blk, off = divmod(a, self.block_rows)
-            b = min(stop, (blk + 1) * self.block_rows)
-            yield a, self._blocks[blk][off:off + (b - a)]
-            a = b
-
-    def __getitem__(self, key):
-        """Rows by int, slice or integer array (a copy; an int gives one row)."""
-        if isinstance(key, (int, np.integer)):
-            i = int(key) + (self._n if key < 0 else 0)
-            if not 0 <= i < self._n:
-                raise IndexError(f"BlockedRows: row {int(key)} out of range for {self._n} rows")
-            blk, off = divmod(i, self.block_rows)
-            return self._blocks[blk][off]
-        if isinstance(key, slice):
-            start, stop, step = key.indices(self._n)
-            if step == 1:
-                return self._joined(start, stop, view_ok=False)
-            key = np.arange(start, stop, step, dtype=np.int64)
-        idx = np.asarray(key, dtype=np.int64)
-        if idx.size and (idx.min() < -self._n or idx.max() >= self._n):
-            raise IndexError(f"BlockedRows: index out of range for {self._n} rows")
-        idx = np.where(idx < 0, idx + self._n, idx)
-        out = np.empty(idx.shape + self.row_shape, self.dtype)
-        blk, off = np.divmod(idx, self.block_rows)
-        for b in np.flatnonzero(np.bincount(blk.ravel(), minlength=len(self._blocks))):
-            m = blk == b
-            out[m] = self._blocks[int(b)][off[m]]
-        return out
-
-    def span(self, start: int, stop: int) -> np.ndarray:
-        """Rows ``[start, stop)``: a read-only view when they lie in one block, else a copy."""
-        return self._joined(start, stop, view_ok=True)
-
-    def _joined(self, start: int, stop: int, *, view_ok: bool) -> np.ndarray:
-        parts = [v for _, v in self.blocks(start, stop)]
-        if not parts:
-            return np.empty((0,) + self.row_shape, self.dtype)
-        if len(parts) > 1:
-            return np.concatenate(parts)
-        if not view_ok:
-            return parts[0].copy()
-        v = parts[0].view()
-        v.setflags(write=False)
-        return v
-
-    def __array__(self, dtype=None, copy=None):
-        out = self[:]
-        return out if dtype is None else out.astype(dtype)
 
 
 class _Members:
@@ -572,54 +375,58 @@ class DescriptorIndex:
         check_shape("DescriptorIndex.search(query_times)", qt, (nq,))
         check_shape("DescriptorIndex.search(query_distances)", qd, (nq,))
         q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), np.finfo(np.float32).tiny)
-        empty = Candidates(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32))
         if len(self) == 0 or nq == 0 or top_k < 1:
-            return empty
+            return _no_candidates()
         pool = top_k * (2 * max(nms_radius, 0) + 1)
-        kw = dict(exclude_seconds=exclude_seconds, exclude_distance=exclude_distance)
+        excl = dict(exclude_seconds=exclude_seconds, exclude_distance=exclude_distance)
 
         def admissible(qi: slice, ent: np.ndarray, sc: np.ndarray, times: np.ndarray, dists: np.ndarray):
             """(rows, scores) per query of ``qi`` that pass exclusion and the threshold, at most ``pool`` each."""
-            excl = exclusion_mask(qt[qi], qd[qi], times, dists, **kw)
-            ok = (~excl) & (sc >= min_similarity)
-            out = []
-            for row_ok, row_sc in zip(ok, sc):
-                out.append(_best(ent[row_ok], row_sc[row_ok], pool))
-            return out
+            ok = (~exclusion_mask(qt[qi], qd[qi], times, dists, **excl)) & (sc >= min_similarity)
+            return [best_k(ent[row_ok], row_sc[row_ok], pool) for row_ok, row_sc in zip(ok, sc)]
 
-        per_query: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in range(nq)]
-        if self.uses_ivf:
-            probe = min(self.ivf_probe, self._centroids.shape[0])
-            lists = np.argsort(-(q @ self._centroids.T), axis=1, kind="stable")[:, :probe]
-            for qi in range(nq):
-                ent = np.sort(np.concatenate([self._lists[int(li)].view() for li in lists[qi]]))
-                sc = (self._scored(ent) @ q[qi])[None, :]
-                per_query[qi] += admissible(slice(qi, qi + 1), ent, sc, self._times[ent], self._dists[ent])
-        else:
-            for first, sc in self._block_scores(q):
-                stop = first + sc.shape[1]
-                ent = np.arange(first, stop, dtype=np.int64)
-                found_all = admissible(slice(None), ent, sc, self._times.span(first, stop),
-                                       self._dists.span(first, stop))
-                for qi, found in enumerate(found_all):
-                    per_query[qi].append(found)
+        per_query = self._ivf_hits(q, admissible) if self.uses_ivf else self._exact_hits(q, admissible)
+        return self._suppressed(per_query, pool, top_k, max(nms_radius, 0))
 
+    def _ivf_hits(self, q: np.ndarray, admissible) -> list:
+        """Per query, the admissible ``(entries, scores)`` found in its ``ivf_probe`` nearest lists."""
+        probe = min(self.ivf_probe, self._centroids.shape[0])
+        lists = np.argsort(-(q @ self._centroids.T), axis=1, kind="stable")[:, :probe]
+        per_query = []
+        for qi in range(q.shape[0]):
+            ent = np.sort(np.concatenate([self._lists[int(li)].view() for li in lists[qi]]))
+            sc = (self._scored(ent) @ q[qi])[None, :]
+            per_query.append(admissible(slice(qi, qi + 1), ent, sc, self._times[ent], self._dists[ent]))
+        return per_query
+
+    def _exact_hits(self, q: np.ndarray, admissible) -> list:
+        """Per query, the admissible ``(entries, scores)`` of every block (at most a pool per block)."""
+        per_query: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in range(q.shape[0])]
+        for first, sc in self._block_scores(q):
+            stop = first + sc.shape[1]
+            ent = np.arange(first, stop, dtype=np.int64)
+            found_all = admissible(slice(None), ent, sc, self._times.span(first, stop), self._dists.span(first, stop))
+            for qi, found in enumerate(found_all):
+                per_query[qi].append(found)
+        return per_query
+
+    def _suppressed(self, per_query: list, pool: int, top_k: int, nms_radius: int) -> Candidates:
+        """The best ``pool`` hits of each query, then per-query NMS down to ``top_k``."""
         out_q, out_e, out_s = [], [], []
         for qi, found in enumerate(per_query):
             ent = np.concatenate([e for e, _ in found])
             sc = np.concatenate([s for _, s in found])
             if ent.size == 0:
                 continue
-            ent, sc = _best(ent, sc, pool)
+            ent, sc = best_k(ent, sc, pool)
             order = np.lexsort((ent, -sc))
-            keep = greedy_nms_1d(self._frames[ent], order, max(nms_radius, 0), top_k)
+            keep = greedy_nms_1d(self._frames[ent], order, nms_radius, top_k)
             out_q.append(np.full(keep.size, qi, dtype=np.int64))
             out_e.append(ent[keep])
             out_s.append(sc[keep].astype(np.float32))
         if not out_q:
-            return empty
+            return _no_candidates()
         return Candidates(np.concatenate(out_q), np.concatenate(out_e), np.concatenate(out_s))
-
 
 STORAGE_DTYPES = ("bfloat16", "float32")
 """Descriptor storage types of :class:`DescriptorIndex` (``loop.index_dtype``)."""
@@ -644,12 +451,8 @@ def _widen(x: np.ndarray, out: np.ndarray) -> np.ndarray:
     return out
 
 
-def _best(entries: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The ``k`` best (entry, score) pairs, by descending score then ascending entry (ties are deterministic)."""
-    if entries.size <= k:
-        return entries, scores
-    order = np.lexsort((entries, -scores))[:k]
-    return entries[order], scores[order]
+def _no_candidates() -> Candidates:
+    return Candidates(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32))
 
 
 def _cuda_available() -> bool:
