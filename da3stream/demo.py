@@ -54,7 +54,7 @@ def run_demo(
     seed: int = 0,
 ) -> dict:
     """Run the demo; return a JSON-safe result with the output paths and the accuracy figures."""
-    from da3stream.synthetic.simulated import SimParams, SimulatedPredictor
+    from da3stream.synthetic.predictor import SimParams, SimulatedPredictor
     from da3stream.io.evaluation.metrics import evaluate
     from da3stream.io.export.run_exports import export_ply, export_tum
     from da3stream.streaming.pipeline import reconstruct

@@ -6,7 +6,7 @@ import time
 
 import numpy as np
 
-from da3stream.synthetic.simulated import SimParams, SimulatedPredictor
+from da3stream.synthetic.predictor import SimParams, SimulatedPredictor
 from da3stream.synthetic import make_sequence
 
 SMALL_CFG = {"chunk_size": 16, "overlap": 4, "loop.enabled": False}

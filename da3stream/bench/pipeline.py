@@ -84,7 +84,7 @@ def _predictor(args, seq):
     if model == "simulated":
         if seq is None:
             raise SystemExit("--model simulated needs --source synthetic[:PRESET] (it reads the ground truth)")
-        from da3stream.synthetic.simulated import SimParams, SimulatedPredictor
+        from da3stream.synthetic.predictor import SimParams, SimulatedPredictor
 
         h, w = seq.image_hw
         return SimulatedPredictor(seq, depth_hw=(h // 2, w // 2), params=SimParams(), seed=args.seed)

@@ -17,7 +17,7 @@ from typing import Optional
 
 import numpy as np
 
-from da3stream.synthetic.simulated import pixel_rays, scale_intrinsics  # noqa: F401  (scale_intrinsics re-exported)
+from da3stream.synthetic.predictor.truth import pixel_rays, scale_intrinsics  # noqa: F401  (scale_intrinsics re-exported)
 from da3stream.errors import ShapeError, check_shape
 from da3stream.synthetic.worlds import World
 

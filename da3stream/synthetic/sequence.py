@@ -6,7 +6,7 @@ RGB (uint8), z-depth (float32) and the sky mask are rendered lazily in small
 batches and cached. It writes a video (PyAV, via
 :func:`da3stream.io.sources.video.write_video`), an image folder, the TUM ground truth
 and an ``.npz`` bundle, and it is a ground-truth source for
-:class:`~da3stream.synthetic.simulated.SimulatedPredictor`.
+:class:`~da3stream.synthetic.predictor.SimulatedPredictor`.
 
 Presets (:data:`PRESETS`, built with :func:`make_sequence`) pair a world with
 a path and default sizes; see docs/SIMULATOR.md for the list.
@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
 
-from da3stream.synthetic.simulated import GroundTruth
+from da3stream.synthetic.predictor.truth import GroundTruth
 from da3stream.core.types import FrameBatch
 from da3stream.errors import ConfigError, ExportError, ShapeError, check_shape
 from da3stream.synthetic import paths as P
