@@ -5,19 +5,12 @@ are rejected with a suggestion. The resolved config is written into the store.
 Other tools set ``chunk_size``, ``overlap``, ``gpu_mem_gb``, ``loop.enabled`` and
 ``keyframes.enabled``; keep those names.
 
-Two kinds of config dataclass live here:
-
-- the run's tree under :class:`Config` (YAML presets, ``--set``, written into
-  the store and compared on resume);
-- :data:`COMPONENT_CONFIGS`: the DA3 network's fixed thresholds (the official
-  defaults of pose conditioning, sky filling and metric alignment), which code
-  passes to the network; they are not in :class:`Config`, so the resolved
-  config in stores (and resume checks against older stores) is unchanged.
-
-The simulator's error model, :class:`~da3stream.synthetic.predictor.SimParams`,
-follows the same conventions beside the simulator (the real network path, which
-imports this module, must not reach the simulator) and loads from a mapping
-through :func:`build_dataclass`. This module imports nothing of da3stream but
+Besides the run's tree under :class:`Config` (YAML, ``--set``, stored, checked on
+resume), :data:`COMPONENT_CONFIGS` holds the DA3 network's fixed thresholds (official
+defaults), passed by code and kept out of :class:`Config` so stored configs are
+unchanged. The simulator's :class:`~da3stream.synthetic.predictor.SimParams` follows
+the same conventions beside the simulator (the real network path imports this
+module) and loads through :func:`build_dataclass`. This module imports only
 :mod:`da3stream.errors`, so ``core`` may import it.
 """
 
