@@ -143,37 +143,47 @@ def _eval_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _overrides(args: argparse.Namespace) -> dict:
+CONFIG_FLAGS: dict[str, tuple[str, str]] = {
+    "chunk_size": ("chunk_size", "value"),
+    "overlap": ("overlap", "value"),
+    "gpu_mem_gb": ("gpu_mem_gb", "value"),
+    "fps": ("source.fps", "value"),
+    "stride": ("source.stride", "value"),
+    "max_frames": ("source.max_frames", "value"),
+    "topic": ("source.topic", "text"),
+    "intrinsics": ("source.intrinsics", "text"),
+    "poses": ("source.poses", "text"),
+    "no_loop": ("loop.enabled", "off"),
+    "no_keyframes": ("keyframes.enabled", "off"),
+    "model": ("model.id", "text"),
+    "set": ("", "set"),
+}
+"""argparse dest -> (dotted config key, kind): "value" (set when given), "text" (set when non-empty),
+"off" (a switch that sets the key to false), "set" (``KEY=VALUE`` items, applied last)."""
+
+
+def config_overrides(args: argparse.Namespace, flags: Sequence[str] = tuple(CONFIG_FLAGS)) -> dict:
+    """Dotted config overrides from the command-line ``flags`` (argparse dests of :data:`CONFIG_FLAGS`) in ``args``.
+
+    The one builder of the run CLI and the benchmarks (``da3stream.bench``), which
+    pass the subset of flags they define.
+    """
     over: dict = {}
-    if args.chunk_size is not None:
-        over["chunk_size"] = args.chunk_size
-    if args.overlap is not None:
-        over["overlap"] = args.overlap
-    if args.gpu_mem_gb is not None:
-        over["gpu_mem_gb"] = args.gpu_mem_gb
-    if args.fps is not None:
-        over["source.fps"] = args.fps
-    if args.stride is not None:
-        over["source.stride"] = args.stride
-    if args.max_frames is not None:
-        over["source.max_frames"] = args.max_frames
-    if args.topic:
-        over["source.topic"] = args.topic
-    if args.intrinsics:
-        over["source.intrinsics"] = args.intrinsics
-    if args.poses:
-        over["source.poses"] = args.poses
-    if args.no_loop:
-        over["loop.enabled"] = False
-    if args.no_keyframes:
-        over["keyframes.enabled"] = False
-    if args.model:
-        over["model.id"] = args.model
-    for item in args.set:
-        if "=" not in item:
-            raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
-        key, value = item.split("=", 1)
-        over[key.strip()] = _parse_value(value)
+    for dest in flags:
+        key, kind = CONFIG_FLAGS[dest]
+        value = getattr(args, dest)
+        if kind == "value" and value is not None:
+            over[key] = value
+        elif kind == "text" and value:
+            over[key] = value
+        elif kind == "off" and value:
+            over[key] = False
+        elif kind == "set":
+            for item in value:
+                if "=" not in item:
+                    raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
+                k, v = item.split("=", 1)
+                over[k.strip()] = _parse_value(v)
     return over
 
 
@@ -215,7 +225,7 @@ def _cmd_run(argv: Sequence[str]) -> int:
 
         result = run_demo(
             out=args.out, sequence=args.demo_sequence, n_frames=args.demo_frames, config=args.config,
-            overrides=_overrides(args), progress_enabled=not (args.quiet or args.json), overwrite=args.overwrite,
+            overrides=config_overrides(args), progress_enabled=not (args.quiet or args.json), overwrite=args.overwrite,
         )
         _emit(result, args)
         return 0
@@ -226,7 +236,7 @@ def _cmd_run(argv: Sequence[str]) -> int:
     from da3stream.config import load_config
     from da3stream.streaming.pipeline import reconstruct
 
-    cfg = load_config(args.config, _overrides(args))
+    cfg = load_config(args.config, config_overrides(args))
     viewer = None
     if args.view:
         from da3stream.viewer import LiveViewer

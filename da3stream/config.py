@@ -4,6 +4,14 @@ Every field has a one-line docstring (the string literal under it). Unknown keys
 are rejected with a suggestion. The resolved config is written into the store.
 Other tools set ``chunk_size``, ``overlap``, ``gpu_mem_gb``, ``loop.enabled`` and
 ``keyframes.enabled``; keep those names.
+
+Besides the run's tree under :class:`Config` (YAML, ``--set``, stored, checked on
+resume), :data:`COMPONENT_CONFIGS` holds the DA3 network's fixed thresholds (official
+defaults), passed by code and kept out of :class:`Config` so stored configs are
+unchanged. The simulator's :class:`~da3stream.synthetic.predictor.SimParams` follows
+the same conventions beside the simulator (the real network path imports this
+module) and loads through :func:`build_dataclass`. This module imports only
+:mod:`da3stream.errors`, so ``core`` may import it.
 """
 
 from __future__ import annotations
@@ -277,6 +285,74 @@ class Config:
             raise ConfigError(f"align.kernel must be huber, cauchy or tukey, got {self.align.kernel!r}")
 
 
+# ----------------------------------------------------------------------------- component configs
+
+
+@dataclass(frozen=True)
+class PoseConditioning:
+    """Thresholds of the official pose normalisation and scale alignment (official defaults)."""
+
+    min_pose_scale: float = 0.1
+    """Lower clamp of the median camera distance that normalises known translations."""
+    ransac_min_views: int = 10
+    """From this many views on, the depth scale comes from a RANSAC Umeyama fit."""
+    ransac_iters: int = 10
+    """RANSAC iterations (each fits a Umeyama Sim(3) on half of the views)."""
+    ransac_seed: int = 42
+    """Seed of the RANSAC subset sampling."""
+    min_spread: float = 1e-9
+    """Variance of the caller's camera centres below which no scale is estimated (scale 1)."""
+    rigid_tol: float = 1e-3
+    """Max |R^T R - I| accepted for a caller's world_from_cam rotation."""
+
+
+@dataclass(frozen=True)
+class SkyParams:
+    """Sky handling of the mono/metric models (official defaults)."""
+
+    sky_threshold: float = 0.3
+    """Pixels whose sky score is below this are not sky."""
+    min_pixels: int = 10
+    """Sky filling is skipped unless both classes have more pixels than this."""
+    max_samples: int = 100_000
+    """Quantiles are taken over at most this many random samples."""
+    far_quantile: float = 0.99
+    """Sky pixels get this quantile of the non-sky depth."""
+
+
+@dataclass(frozen=True)
+class MetricAlignParams:
+    """How the nested model makes the any-view depth metric (official defaults)."""
+
+    focal_reference: float = 300.0
+    """Metric depth = raw metric-branch depth * mean(fx, fy) / this."""
+    sky_threshold: float = 0.3
+    """Pixels whose metric-branch sky score is below this are not sky."""
+    min_non_sky_pixels: int = 10
+    """Alignment needs more non-sky pixels than this."""
+    conf_quantile: float = 0.5
+    """Only pixels with depth confidence at least this quantile take part in the fit."""
+    min_depth: float = 1e-3
+    """Pixels with any-view depth at or below this are ignored."""
+    min_metric_depth: float = 1e-2
+    """Pixels with metric depth at or below this are ignored."""
+    lstsq_eps: float = 1e-12
+    """Floor of the least-squares denominator."""
+    max_samples: int = 100_000
+    """Quantiles are taken over at most this many random samples."""
+    far_quantile: float = 0.99
+    """Sky pixels get min(this quantile of non-sky depth, max_sky_depth)."""
+    max_sky_depth: float = 200.0
+    """Upper bound of the depth written into sky pixels."""
+
+
+COMPONENT_CONFIGS = (PoseConditioning, SkyParams, MetricAlignParams)
+"""Config dataclasses of network components outside :class:`Config` (see the module doc)."""
+
+
+# ----------------------------------------------------------------------------- loading
+
+
 def to_dict(cfg: Any) -> dict:
     """Plain nested dict (JSON-safe) of a config dataclass."""
     out = {}
@@ -290,7 +366,12 @@ def to_dict(cfg: Any) -> dict:
     return out
 
 
-def _build(cls: type, data: Mapping[str, Any], path: str) -> Any:
+def build_dataclass(cls: type, data: Mapping[str, Any], path: str = "") -> Any:
+    """An instance of the config dataclass ``cls`` from a nested mapping (YAML-style values).
+
+    Unknown keys raise :class:`ConfigError` with a suggestion; values are checked
+    and coerced to the field types; ``path`` prefixes key names in messages.
+    """
     if not isinstance(data, Mapping):
         raise ConfigError(f"{path or 'config'}: expected a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
@@ -304,7 +385,7 @@ def _build(cls: type, data: Mapping[str, Any], path: str) -> Any:
             raise ConfigError(f"unknown config key {full!r}{hint}")
         hint = hints[key]
         if dataclasses.is_dataclass(hint):
-            kwargs[key] = _build(hint, value, full)
+            kwargs[key] = build_dataclass(hint, value, full)
         else:
             kwargs[key] = _coerce(hint, value, full)
     try:
@@ -396,7 +477,7 @@ def load_config(config: Any = None, overrides: Optional[Mapping[str, Any]] = Non
         p = Path(config)
         base = _read_yaml(p)
         try:
-            _build(Config, base, "")
+            build_dataclass(Config, base, "")
         except ConfigError as exc:
             raise ConfigError(f"{p}: {exc}") from None
     elif isinstance(config, Mapping):
@@ -405,7 +486,7 @@ def load_config(config: Any = None, overrides: Optional[Mapping[str, Any]] = Non
         raise ConfigError(f"config must be a path, a mapping or a Config, got {type(config).__name__}")
     if overrides:
         base = _merge(base, _undot(overrides))
-    return _build(Config, _undot(base), "")
+    return build_dataclass(Config, _undot(base), "")
 
 
 def _undot(d: Mapping[str, Any]) -> dict:

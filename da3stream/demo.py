@@ -54,45 +54,21 @@ def run_demo(
     seed: int = 0,
 ) -> dict:
     """Run the demo; return a JSON-safe result with the output paths and the accuracy figures."""
-    from da3stream.synthetic.simulated import SimParams, SimulatedPredictor
-    from da3stream.io.evaluation.metrics import evaluate
     from da3stream.io.export.run_exports import export_ply, export_tum
-    from da3stream.streaming.pipeline import reconstruct
-    from da3stream.synthetic import make_sequence
+    from da3stream.synthetic import SimParams, SimulatedPredictor
 
-    out_path = Path(out) if out else Path("runs") / f"{sequence}.zarr"
+    out_path = _fresh_store_path(out, sequence, overwrite)
     work = out_path.parent
-    work.mkdir(parents=True, exist_ok=True)
-    if out_path.exists():
-        if not (overwrite or out is None):
-            from da3stream.errors import StoreError
-
-            raise StoreError(f"{out_path}: store already exists; pass --overwrite or choose another --out")
-        shutil.rmtree(out_path)
     stem = out_path.name[: -len(".zarr")] if out_path.name.endswith(".zarr") else out_path.name
     t0 = time.perf_counter()
-    seq = make_sequence(sequence, n_frames=n_frames, seed=seed)
-    video = work / f"{stem}.mp4"
-    gt = work / f"{stem}_gt.tum"
-    seq.write_video(video)
-    seq.write_tum(gt)
+    seq, video, gt = _render(sequence, n_frames, seed, work, stem)
     t_render = time.perf_counter() - t0
-    log.info("rendered %d frames (%dx%d) of %r to %s in %.1fs", len(seq), seq.image_hw[1], seq.image_hw[0], sequence, video, t_render)
 
     base = dict(DEMO_DEFAULTS.get(sequence, DEMO_DEFAULTS["demo"]))
     base.update(overrides or {})
     cfg = load_config(config, base)
     predictor = SimulatedPredictor(seq, depth_hw=seq.image_hw, params=SimParams(), seed=seed)
-
-    def run(path: Path, cfg_over: dict, desc: str):
-        c = load_config(cfg, cfg_over) if cfg_over else cfg
-        bar, update = _bar(progress_enabled, len(seq), desc)
-        try:
-            summary = reconstruct(video, path, predictor=predictor, config=c, overwrite=True, progress=update)
-        finally:
-            if bar is not None:
-                bar.close()
-        return summary, evaluate(path, gt)
+    run = _Runner(video, gt, predictor, cfg, len(seq), progress_enabled)
 
     t0 = time.perf_counter()
     summary, ours = run(out_path, {}, "da3stream")
@@ -101,19 +77,7 @@ def run_demo(
     ply = work / f"{stem}.ply"
     export_tum(out_path, tum)
     n_points = export_ply(out_path, ply)
-
-    baselines: dict = {}
-    naive_path = work / f"{stem}_naive.zarr"
-    _, naive = run(naive_path, {"align.mode": "poses", "align.pose_source": "head", "loop.enabled": False}, "naive chaining")
-    shutil.rmtree(naive_path, ignore_errors=True)
-    baselines["naive_chaining_ate_rmse"] = naive["ate_rmse"]
-    baselines["ate_ratio_ours_over_naive"] = ours["ate_rmse"] / max(naive["ate_rmse"], 1e-12)
-    if cfg.loop.enabled and sequence != "demo":
-        noloop_path = work / f"{stem}_noloop.zarr"
-        _, noloop = run(noloop_path, {"loop.enabled": False}, "without loop closure")
-        shutil.rmtree(noloop_path, ignore_errors=True)
-        baselines["no_loop_closure_ate_rmse"] = noloop["ate_rmse"]
-        baselines["ate_ratio_loops_over_no_loops"] = ours["ate_rmse"] / max(noloop["ate_rmse"], 1e-12)
+    baselines = _baselines(run, ours, cfg.loop.enabled and sequence != "demo", work, stem)
 
     return {
         "demo": {
@@ -138,3 +102,70 @@ def run_demo(
             **baselines,
         },
     }
+
+
+def _fresh_store_path(out: Optional[str], sequence: str, overwrite: bool) -> Path:
+    """The store path (default ``runs/<sequence>.zarr``), its folder created and any old store removed."""
+    out_path = Path(out) if out else Path("runs") / f"{sequence}.zarr"
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    if out_path.exists():
+        if not (overwrite or out is None):
+            from da3stream.errors import StoreError
+
+            raise StoreError(f"{out_path}: store already exists; pass --overwrite or choose another --out")
+        shutil.rmtree(out_path)
+    return out_path
+
+
+def _render(sequence: str, n_frames: Optional[int], seed: int, work: Path, stem: str):
+    """``(sequence, video path, ground-truth TUM path)``: the synthetic sequence written as a video and a TUM file."""
+    from da3stream.synthetic import make_sequence
+
+    t0 = time.perf_counter()
+    seq = make_sequence(sequence, n_frames=n_frames, seed=seed)
+    video = work / f"{stem}.mp4"
+    gt = work / f"{stem}_gt.tum"
+    seq.write_video(video)
+    seq.write_tum(gt)
+    log.info("rendered %d frames (%dx%d) of %r to %s in %.1fs", len(seq), seq.image_hw[1], seq.image_hw[0], sequence,
+             video, time.perf_counter() - t0)
+    return seq, video, gt
+
+
+class _Runner:
+    """One reconstruction of the demo video with config changes, scored against the ground truth."""
+
+    def __init__(self, video: Path, gt: Path, predictor, cfg, n_frames: int, progress_enabled: bool) -> None:
+        self.video, self.gt, self.predictor, self.cfg = video, gt, predictor, cfg
+        self.n_frames, self.progress_enabled = n_frames, progress_enabled
+
+    def __call__(self, path: Path, cfg_over: dict, desc: str):
+        """``(summary, evaluation)`` of a run into ``path`` with ``cfg_over`` applied on top of the demo config."""
+        from da3stream.io.evaluation.metrics import evaluate
+        from da3stream.streaming.pipeline import reconstruct
+
+        c = load_config(self.cfg, cfg_over) if cfg_over else self.cfg
+        bar, update = _bar(self.progress_enabled, self.n_frames, desc)
+        try:
+            summary = reconstruct(self.video, path, predictor=self.predictor, config=c, overwrite=True, progress=update)
+        finally:
+            if bar is not None:
+                bar.close()
+        return summary, evaluate(path, self.gt)
+
+
+def _baselines(run: _Runner, ours: dict, with_no_loop: bool, work: Path, stem: str) -> dict:
+    """ATE of naive chaining (and, with ``with_no_loop``, of the run without loop closure) beside ours."""
+    baselines: dict = {}
+    naive_path = work / f"{stem}_naive.zarr"
+    _, naive = run(naive_path, {"align.mode": "poses", "align.pose_source": "head", "loop.enabled": False}, "naive chaining")
+    shutil.rmtree(naive_path, ignore_errors=True)
+    baselines["naive_chaining_ate_rmse"] = naive["ate_rmse"]
+    baselines["ate_ratio_ours_over_naive"] = ours["ate_rmse"] / max(naive["ate_rmse"], 1e-12)
+    if with_no_loop:
+        noloop_path = work / f"{stem}_noloop.zarr"
+        _, noloop = run(noloop_path, {"loop.enabled": False}, "without loop closure")
+        shutil.rmtree(noloop_path, ignore_errors=True)
+        baselines["no_loop_closure_ate_rmse"] = noloop["ate_rmse"]
+        baselines["ate_ratio_loops_over_no_loops"] = ours["ate_rmse"] / max(noloop["ate_rmse"], 1e-12)
+    return baselines

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from da3stream.synthetic.simulated import SimParams, SimulatedPredictor
+from da3stream.synthetic.predictor import SimParams, SimulatedPredictor
 from da3stream.synthetic import make_sequence
 
 SMALL_CFG = {"chunk_size": 16, "overlap": 4, "loop.enabled": False}

@@ -87,3 +87,26 @@ def test_config_is_frozen():
     cfg = C.load_config()
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.overlap = 3  # type: ignore[misc]
+
+
+def test_component_configs_are_frozen_and_documented():
+    from da3stream.synthetic import SimParams
+
+    for cls in (*C.COMPONENT_CONFIGS, SimParams):
+        docs = C.field_docs(cls)
+        missing = [f.name for f in dataclasses.fields(cls) if not docs.get(f.name, "").strip()]
+        assert not missing, f"{cls.__name__} fields without a docstring: {missing}"
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(cls(), dataclasses.fields(cls)[0].name, None)
+
+
+def test_component_configs_build_from_mappings():
+    from da3stream.synthetic import SimParams
+
+    assert C.build_dataclass(C.PoseConditioning, {"ransac_iters": 3}).ransac_iters == 3
+    sim = SimParams.from_mapping({"gauge": "identity", "gauge_scale_range": [0.5, 2.0], "descriptor_dim": 64})
+    assert sim == SimParams(gauge="identity", gauge_scale_range=(0.5, 2.0), descriptor_dim=64)
+    with pytest.raises(ConfigError, match=r"unknown config key 'sim.depth_noise_rell'.*did you mean 'sim.depth_noise_rel'"):
+        SimParams.from_mapping({"depth_noise_rell": 0.1})
+    with pytest.raises(ConfigError, match="sim.descriptor_dim: expected an integer"):
+        SimParams.from_mapping({"descriptor_dim": 2.5})

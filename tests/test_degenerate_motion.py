@@ -10,7 +10,7 @@ import pytest
 
 from da3stream.alignment.registration import pose_based_estimate
 from da3stream.alignment.sim3 import Sim3
-from da3stream.synthetic.simulated import SimParams, SimulatedPredictor
+from da3stream.synthetic.predictor import SimParams, SimulatedPredictor
 from da3stream.io.store import ChunkStatus, RunStore
 from da3stream.streaming.pipeline import reconstruct
 from da3stream.synthetic import make_sequence

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from da3stream.bench.killresume import check_store, compare_stores, kill_resume_trials
-from da3stream.synthetic.simulated import SimParams, SimulatedPredictor
+from da3stream.synthetic.predictor import SimParams, SimulatedPredictor
 from da3stream.errors import PredictionError, StoreError
 from da3stream.io.store import RunStore, SkipReason
 from da3stream.streaming.pipeline import reconstruct
@@ -341,7 +341,7 @@ def test_ctrl_c_through_the_cli_exits_130_with_one_line(tmp_path, seq, png_folde
 SIGINT_WORKER = textwrap.dedent("""
     import sys, time
     sys.path.insert(0, {root!r})
-    from da3stream.synthetic.simulated import SimParams, SimulatedPredictor
+    from da3stream.synthetic.predictor import SimParams, SimulatedPredictor
     from da3stream.streaming import pipeline
     from da3stream.synthetic import make_sequence
     from da3stream import cli

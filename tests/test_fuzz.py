@@ -204,7 +204,7 @@ def test_trajectory_write_read_round_trips(traj):
 
 @pytest.fixture(scope="module")
 def small_store(tmp_path_factory):
-    from da3stream.synthetic.simulated import SimParams, SimulatedPredictor
+    from da3stream.synthetic.predictor import SimParams, SimulatedPredictor
     from da3stream.streaming.pipeline import reconstruct
     from da3stream.synthetic import make_sequence
 

@@ -13,9 +13,10 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 
 import pytest
+
+from da3stream.bench.engine import single_run_command
 
 N_FRAMES = 5000
 DEPTH_HW = (36, 64)
@@ -24,9 +25,8 @@ DEPTH_HW = (36, 64)
 @pytest.fixture(scope="module")
 def long_run(tmp_path_factory, repo_root):
     store = tmp_path_factory.mktemp("long") / "long.zarr"
-    cmd = [sys.executable, "-m", "da3stream.bench", "engine", "--worker", str(N_FRAMES), "--store", str(store),
-           "--height", str(DEPTH_HW[0]), "--width", str(DEPTH_HW[1]), "--sample-interval", "0.2",
-           "--store-samples", "20"]
+    cmd = single_run_command(N_FRAMES, store, height=DEPTH_HW[0], width=DEPTH_HW[1], sample_interval=0.2,
+                             store_samples=20)
     env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "PYTHONPATH": str(repo_root)}
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=repo_root, env=env, timeout=600, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -20,7 +20,7 @@ from da3stream.alignment.registration import register
 from da3stream.alignment.sim3 import Sim3
 from da3stream.alignment.umeyama import umeyama
 from da3stream.config import load_config
-from da3stream.synthetic.simulated import SimParams, SimulatedPredictor
+from da3stream.synthetic.predictor import SimParams, SimulatedPredictor
 from da3stream.core.types import FrameBatch
 from da3stream.alignment.graph_terms import component_roots as _component_roots
 from da3stream.streaming.loops.closer import FrameData, LoopCloser, LoopEdge, WindowContext

@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from da3stream.synthetic.simulated import SimParams, SimulatedPredictor
+from da3stream.synthetic.predictor import SimParams, SimulatedPredictor
 from da3stream.io.store import RunStore
 from da3stream.streaming.overlap import SerializedPredictor
 from da3stream.streaming.pipeline import reconstruct

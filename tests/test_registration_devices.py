@@ -151,7 +151,7 @@ def test_cuda_tensors_equal_numpy():
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_pipeline_aligns_on_cuda_like_on_cpu(tmp_path):
-    from da3stream.synthetic.simulated import SimParams, SimulatedPredictor
+    from da3stream.synthetic.predictor import SimParams, SimulatedPredictor
     from da3stream.io.store import RunStore
     from da3stream.streaming.pipeline import reconstruct
     from da3stream.synthetic import make_sequence

@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 import pytest
 
-from da3stream.synthetic.simulated import SimParams, SimulatedPredictor
+from da3stream.synthetic.predictor import SimParams, SimulatedPredictor
 from da3stream.errors import CheckpointError, ConfigError, SourceError, StoreError
 from da3stream.io.store import RunStore, SkipReason
 from da3stream.io.export.trajectory import read_tum

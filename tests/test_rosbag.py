@@ -448,7 +448,7 @@ def robot_bag(tmp_path_factory):
 
 def test_reconstruct_from_a_bag_equals_reconstructing_the_same_frames(tmp_path, robot_bag):
     """A bag run gives the same store as the same frames passed in memory."""
-    from da3stream.synthetic.simulated import SimulatedPredictor
+    from da3stream.synthetic.predictor import SimulatedPredictor
     from da3stream.io.store import RunStore
     from da3stream.streaming.pipeline import reconstruct
 
@@ -473,7 +473,7 @@ def test_reconstruct_from_a_bag_equals_reconstructing_the_same_frames(tmp_path, 
 
 
 def test_reconstruct_from_a_calibrated_bag_source_records_the_calibration(tmp_path, robot_bag):
-    from da3stream.synthetic.simulated import SimulatedPredictor
+    from da3stream.synthetic.predictor import SimulatedPredictor
     from da3stream.io.sources.calibration import Calibration
     from da3stream.io.store import RunStore
     from da3stream.streaming.pipeline import reconstruct

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from da3stream.synthetic.simulated import GroundTruth, SimParams, SimulatedPredictor, da3_depth_hw, scale_intrinsics
+from da3stream.synthetic.predictor import GroundTruth, SimParams, SimulatedPredictor, da3_depth_hw, scale_intrinsics
 from da3stream.core.types import FrameBatch, Predictor
 from da3stream.errors import ConfigError, PredictionError
 from da3stream.synthetic import intrinsics_from_fov, look_at, make_sequence
@@ -143,7 +143,7 @@ def test_determinism_across_instances_order_and_processes(demo_seq):
     # another process produces bit-identical output
     code = (
         "import hashlib, numpy as np\n"
-        "from da3stream.synthetic.simulated import SimulatedPredictor, GroundTruth\n"
+        "from da3stream.synthetic.predictor import SimulatedPredictor, GroundTruth\n"
         "from da3stream.core.types import FrameBatch\n"
         "from da3stream.synthetic import intrinsics_from_fov\n"
         "P = np.tile(np.eye(4), (20, 1, 1)); P[:, 0, 3] = np.linspace(0, 2, 20)\n"

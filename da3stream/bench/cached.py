@@ -43,7 +43,7 @@ class PredictionBank:
 
 def build_bank(n_frames: int = 120, hw: tuple = (280, 504), seed: int = 0, preset: str = "robot_loop") -> PredictionBank:
     """Render a closed synthetic path once and predict it with the simulator (one window, no gauge)."""
-    from da3stream.synthetic.simulated import SimParams, SimulatedPredictor
+    from da3stream.synthetic.predictor import SimParams, SimulatedPredictor
     from da3stream.synthetic import make_sequence
 
     seq = make_sequence(preset, n_frames=n_frames, width=hw[1], height=hw[0], seed=seed)

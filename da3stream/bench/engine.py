@@ -17,6 +17,10 @@ load: ``engine_cpu_ms_per_frame`` (process CPU minus the cached predictor's),
 ``main_thread_cpu_ms_per_frame`` and ``fps_bound_two_idle_cores`` (frames per
 second two idle cores could run: the busier of the main thread and half of
 all engine CPU). ``--hour`` runs 108,000 frames (an hour of 30 fps video).
+
+One run alone: ``--worker N --store PATH`` runs N frames in this process and
+prints that run's JSON; :func:`single_run_command` builds that command line (the
+default mode and tests/test_long_run.py use it).
 """
 
 from __future__ import annotations
@@ -49,8 +53,10 @@ def add_arguments(p) -> None:
     p.add_argument("--no-conf", action="store_true", help="store no confidence (store.save_conf: false)")
     p.add_argument("--store-samples", type=int, default=20, help="store-size samples taken during each run")
     p.add_argument("--out-dir", default=None, help="where the stores go (default: a temporary folder)")
-    p.add_argument("--worker", type=int, default=None, help=__import__("argparse").SUPPRESS)
-    p.add_argument("--store", default=None, help=__import__("argparse").SUPPRESS)
+    p.add_argument("--worker", type=int, default=None, metavar="N",
+                   help="run ONE length of N frames in this process and print its JSON (one entry of 'runs'); "
+                        "the default mode runs each length so in a fresh subprocess (see single_run_command)")
+    p.add_argument("--store", default=None, help="with --worker: the store to write")
 
 
 def _dir_bytes(path: Path) -> int:
@@ -65,39 +71,28 @@ def _dir_bytes(path: Path) -> int:
 
 
 def _worker(args) -> dict:
-    from da3stream.bench.cached import CachedPredictor, build_bank, frame_stream
-    from da3stream.streaming.pipeline import reconstruct
+    """One run of ``args.worker`` frames in THIS process (see :func:`single_run_command`)."""
+    from da3stream.bench.cached import CachedPredictor, build_bank
 
     t0 = time.perf_counter()
     bank = build_bank(args.bank, (args.height, args.width))
     t_bank = time.perf_counter() - t0
-    from da3stream.bench.sampler import ResourceSampler
-
     predictor = _CpuTimed(CachedPredictor(bank))
-    cfg = {"chunk_size": args.chunk_size, "overlap": args.overlap, "keyframes.enabled": False,
-           "loop.enabled": not args.no_loop, "predict_ahead": args.predict_ahead,
-           "store.save_rgb": not args.no_rgb, "store.save_conf": not args.no_conf}
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-    sampler = ResourceSampler(args.sample_interval)
-    main_cpu0 = time.thread_time()
-    with sampler:
-        t0 = time.perf_counter()
-        store_sizes = _StoreSizes(Path(args.store), args.worker, args.store_samples)
+    summary, wall, main_cpu, sampler, store_sizes = _timed_run(args, bank, predictor)
+    return _report(args, summary, wall, main_cpu, sampler, store_sizes, predictor.cpu_seconds,
+                   {"rss_after_bank_mib": round(rss_before, 1), "bank_build_seconds": round(t_bank, 2)})
 
-        def progress(d: dict) -> None:
-            sampler.advance(d["frames"])
-            store_sizes.maybe_sample(sampler.progress)
 
-        summary = reconstruct(frame_stream(bank, args.worker), args.store, predictor=predictor, config=cfg,
-                              overwrite=True, progress=progress)
-        wall = time.perf_counter() - t0
-    main_cpu = time.thread_time() - main_cpu0
+def _report(args, summary, wall: float, main_cpu: float, sampler, store_sizes, predictor_cpu: float,
+            setup: dict) -> dict:
+    """The JSON of one run (``setup``: the bank's figures, placed after ``peak_rss_mib``)."""
     t = summary.timings
     engine_s = wall - t.get("predict", 0.0)
     store_bytes = _dir_bytes(Path(args.store))
     used = sampler.summary()
-    engine_cpu = used["cpu_s"] - predictor.cpu_seconds
-    main_engine_cpu = main_cpu - (predictor.cpu_seconds if not args.predict_ahead else 0.0)
+    engine_cpu = used["cpu_s"] - predictor_cpu
+    main_engine_cpu = main_cpu - (predictor_cpu if not args.predict_ahead else 0.0)
     n = max(1, args.worker)
     return {
         "frames": args.worker,
@@ -112,11 +107,10 @@ def _worker(args) -> dict:
         "end_to_end_fps_with_cached_predictor": round(args.worker / wall, 2),
         "stage_seconds": t,
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1),
-        "rss_after_bank_mib": round(rss_before, 1),
-        "bank_build_seconds": round(t_bank, 2),
+        **setup,
         "store_bytes": store_bytes,
         "store_bytes_per_frame": round(store_bytes / max(1, summary.n_frames), 1),
-        "predictor_cpu_seconds": round(predictor.cpu_seconds, 3),
+        "predictor_cpu_seconds": round(predictor_cpu, 3),
         "engine_cpu_seconds": round(engine_cpu, 3),
         "engine_cpu_ms_per_frame": round(1000 * engine_cpu / n, 3),
         "main_thread_cpu_ms_per_frame": round(1000 * main_engine_cpu / n, 3),
@@ -133,6 +127,29 @@ def _worker(args) -> dict:
     }
 
 
+def _timed_run(args, bank, predictor):
+    """``(summary, wall seconds, main-thread CPU seconds, sampler, store sizes)`` of the engine over the bank."""
+    from da3stream.bench.cached import frame_stream
+    from da3stream.bench.sampler import ResourceSampler
+    from da3stream.streaming.pipeline import reconstruct
+
+    cfg = {"chunk_size": args.chunk_size, "overlap": args.overlap, "keyframes.enabled": False,
+           "loop.enabled": not args.no_loop, "predict_ahead": args.predict_ahead,
+           "store.save_rgb": not args.no_rgb, "store.save_conf": not args.no_conf}
+    sampler = ResourceSampler(args.sample_interval)
+    main_cpu0 = time.thread_time()
+    with sampler:
+        t0 = time.perf_counter()
+        store_sizes = _StoreSizes(Path(args.store), args.worker, args.store_samples)
+
+        def progress(d: dict) -> None:
+            sampler.advance(d["frames"])
+            store_sizes.maybe_sample(sampler.progress)
+
+        summary = reconstruct(frame_stream(bank, args.worker), args.store, predictor=predictor, config=cfg,
+                              overwrite=True, progress=progress)
+        wall = time.perf_counter() - t0
+    return summary, wall, time.thread_time() - main_cpu0, sampler, store_sizes
 class _StoreSizes:
     """Store size on disk at ``k`` points of a run (committed frames, bytes)."""
 
@@ -187,6 +204,33 @@ def _thin(sampler, k: int) -> list:
             for s in sampler.samples[::step] + sampler.samples[-1:]]
 
 
+SINGLE_RUN_OPTIONS = ("height", "width", "bank", "chunk_size", "overlap", "predict_ahead", "sample_interval",
+                      "no_loop", "no_rgb", "no_conf", "store_samples")
+"""Options (argparse dests) of this subcommand that :func:`single_run_command` passes on."""
+
+
+def single_run_command(n_frames: int, store, **options) -> list[str]:
+    """The command line of ONE engine run of ``n_frames`` frames into ``store``, in a fresh interpreter.
+
+    It runs ``python -m da3stream.bench engine --worker N --store PATH [options]``,
+    which prints that run's JSON (the keys of one entry of ``runs``) on stdout; a
+    fresh process keeps the peak RSS the run's own. ``options`` are this
+    subcommand's options by argparse dest (see :data:`SINGLE_RUN_OPTIONS`);
+    booleans are switches, unset options keep their defaults. The default mode
+    runs each ``--frames`` length this way, and so does the CI's long-run test.
+    """
+    cmd = [sys.executable, "-m", "da3stream.bench", "engine", "--worker", str(n_frames), "--store", str(store)]
+    for dest, value in options.items():
+        if dest not in SINGLE_RUN_OPTIONS:
+            raise ValueError(f"single_run_command: unknown option {dest!r} (known: {', '.join(SINGLE_RUN_OPTIONS)})")
+        flag = "--" + dest.replace("_", "-")
+        if isinstance(value, bool):
+            cmd += [flag] if value else []
+        else:
+            cmd += [flag, str(value)]
+    return cmd
+
+
 def run(args) -> dict:
     if args.worker is not None:
         return _worker(args)
@@ -196,14 +240,7 @@ def run(args) -> dict:
     with tempfile.TemporaryDirectory(dir=args.out_dir) as tmp:
         for n in args.frames:
             store = Path(tmp) / f"engine_{n}.zarr"
-            cmd = [sys.executable, "-m", "da3stream.bench", "engine", "--worker", str(n), "--store", str(store),
-                   "--height", str(args.height), "--width", str(args.width), "--bank", str(args.bank),
-                   "--chunk-size", str(args.chunk_size), "--overlap", str(args.overlap),
-                   "--predict-ahead", str(args.predict_ahead), "--sample-interval", str(args.sample_interval)]
-            for flag in ("no_loop", "no_rgb", "no_conf"):
-                if getattr(args, flag):
-                    cmd.append("--" + flag.replace("_", "-"))
-            cmd += ["--store-samples", str(args.store_samples)]
+            cmd = single_run_command(n, store, **{dest: getattr(args, dest) for dest in SINGLE_RUN_OPTIONS})
             env = {**os.environ, "OPENBLAS_NUM_THREADS": str(args.blas_threads)}
             proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
             if proc.returncode != 0:

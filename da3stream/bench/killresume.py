@@ -161,7 +161,7 @@ def kill_resume_trials(workdir: Path, *, kills: int, n_frames: int = 120, preset
 
 
 def _build(scenario: Scenario):
-    from da3stream.synthetic.simulated import SimParams, SimulatedPredictor
+    from da3stream.synthetic.predictor import SimParams, SimulatedPredictor
     from da3stream.synthetic import make_sequence
 
     seq = make_sequence(scenario.preset, n_frames=scenario.n_frames, width=scenario.width, height=scenario.height,

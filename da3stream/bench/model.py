@@ -36,11 +36,6 @@ import sys
 import time
 
 WORKER_FLAG = "--da3stream-model-bench-worker"
-OFFICIAL_NAMES = {
-    "small": "da3-small", "base": "da3-base", "large": "da3-large", "giant": "da3-giant",
-    "mono-large": "da3mono-large", "metric-large": "da3metric-large",
-    "nested-giant-large": "da3nested-giant-large",
-}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -120,7 +115,66 @@ def _build_official(preset: str):
     from depth_anything_3.cfg import create_object, load_config
     from depth_anything_3.registry import MODEL_REGISTRY
 
-    return create_object(load_config(MODEL_REGISTRY[OFFICIAL_NAMES.get(preset, preset)])).eval()
+    from da3stream.core.network.presets import official_model_name
+
+    return create_object(load_config(MODEL_REGISTRY[official_model_name(preset)])).eval()
+
+
+def _build_side(side: str, preset: str, dev: str, dtype: str, head_chunk):
+    """``(network on dev, weight dtype, autocast dtype or None)`` of one side (ours or official)."""
+    import torch
+
+    if side == "ours":
+        from da3stream.core.da3_predictor import resolve_dtype
+        from da3stream.core.network import build_network
+
+        wdtype = resolve_dtype(dtype, dev)
+        net = build_network(preset)
+        if head_chunk:
+            net.head_chunk = int(head_chunk)
+        return net.to(device=dev, dtype=wdtype), wdtype, None
+    if side == "official":
+        cuda = dev.startswith("cuda")
+        autocast = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if cuda else None
+        return _build_official(preset).to(dev), torch.float32, autocast
+    raise ValueError(f"side must be 'ours' or 'official', got {side!r}")
+
+
+def _timed_forwards(forward, repeat: int, cuda: bool) -> tuple[list[float], int]:
+    """``(sorted timed forward seconds, peak memory after the cold forward)``: one warm-up unless ``repeat`` is 0."""
+    import torch
+
+    times = []
+    for i in range(max(1, repeat) + (1 if repeat > 0 else 0)):
+        t0 = time.perf_counter()
+        out = forward()
+        if cuda:
+            torch.cuda.synchronize()
+        dt = time.perf_counter() - t0
+        del out
+        if i == 0:  # the cold forward: what the memory model estimates
+            first_peak = int(torch.cuda.max_memory_allocated()) if cuda else _peak_rss_bytes()
+        if repeat == 0 or i > 0:
+            times.append(dt)
+    times.sort()
+    return times, first_peak
+
+
+def _cuda_memory(base_alloc: int, first_peak: int) -> dict:
+    import torch
+
+    return {"peak_bytes": int(torch.cuda.max_memory_allocated()),
+            "peak_forward_delta_bytes": int(torch.cuda.max_memory_allocated() - base_alloc),
+            "first_forward_peak_bytes": first_peak, "gpu": torch.cuda.get_device_name()}
+
+
+def _cpu_memory(rss0: int, rss_file0: int, first_peak: int, hwm_reset: bool) -> dict:
+    peak = _peak_rss_bytes()
+    return {"peak_bytes": peak, "peak_forward_delta_bytes": max(0, peak - rss0),
+            "first_forward_delta_bytes": max(0, first_peak - rss0), "rss_before_forward_bytes": rss0,
+            # file-backed pages (libraries) evicted under memory pressure lower the RSS peak: report it
+            "rss_file_evicted_bytes": max(0, rss_file0 - _status_bytes("RssFile")),
+            "peak_rss_reset_before_forward": hwm_reset}
 
 
 def measure(side: str, preset: str, views: int, height: int, width: int, *, device: str = "cpu",
@@ -130,28 +184,14 @@ def measure(side: str, preset: str, views: int, height: int, width: int, *, devi
 
     import torch
 
-    from da3stream.core.da3_predictor import resolve_device, resolve_dtype
+    from da3stream.core.da3_predictor import resolve_device
 
     if threads:
         torch.set_num_threads(int(threads))
     dev = resolve_device(device)
     cuda = dev.startswith("cuda")
     torch.manual_seed(seed)
-    if side == "ours":
-        from da3stream.core.network import build_network
-
-        wdtype = resolve_dtype(dtype, dev)
-        net = build_network(preset)
-        if head_chunk:
-            net.head_chunk = int(head_chunk)
-        net = net.to(device=dev, dtype=wdtype)
-        autocast = None
-    elif side == "official":
-        wdtype = torch.float32
-        net = _build_official(preset).to(dev)
-        autocast = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if cuda else None
-    else:
-        raise ValueError(f"side must be 'ours' or 'official', got {side!r}")
+    net, wdtype, autocast = _build_side(side, preset, dev, dtype, head_chunk)
     n_params = sum(p.numel() for p in net.parameters())
     gen = torch.Generator().manual_seed(seed + 1)
     x = torch.randn(1, views, 3, height, width, generator=gen).to(device=dev, dtype=wdtype)
@@ -171,19 +211,7 @@ def measure(side: str, preset: str, views: int, height: int, width: int, *, devi
     rss0 = _rss_bytes()
     rss_file0 = _status_bytes("RssFile")
     hwm_reset = False if cuda else _reset_peak_rss()
-    times = []
-    for i in range(max(1, repeat) + (1 if repeat > 0 else 0)):
-        t0 = time.perf_counter()
-        out = forward()
-        if cuda:
-            torch.cuda.synchronize()
-        dt = time.perf_counter() - t0
-        del out
-        if i == 0:  # the cold forward: what the memory model estimates
-            first_peak = int(torch.cuda.max_memory_allocated()) if cuda else _peak_rss_bytes()
-        if repeat == 0 or i > 0:
-            times.append(dt)
-    times.sort()
+    times, first_peak = _timed_forwards(forward, repeat, cuda)
     result = {
         "side": side, "preset": preset, "views": views, "input_shape": [1, views, 3, height, width],
         "device": dev, "dtype": str(wdtype).replace("torch.", ""),
@@ -192,20 +220,7 @@ def measure(side: str, preset: str, views: int, height: int, width: int, *, devi
         "frames_per_s": views / times[len(times) // 2],
         "threads": torch.get_num_threads(),
     }
-    if cuda:
-        result["peak_bytes"] = int(torch.cuda.max_memory_allocated())
-        result["peak_forward_delta_bytes"] = int(torch.cuda.max_memory_allocated() - base_alloc)
-        result["first_forward_peak_bytes"] = first_peak
-        result["gpu"] = torch.cuda.get_device_name()
-    else:
-        peak = _peak_rss_bytes()
-        result["peak_bytes"] = peak
-        result["peak_forward_delta_bytes"] = max(0, peak - rss0)
-        result["first_forward_delta_bytes"] = max(0, first_peak - rss0)
-        result["rss_before_forward_bytes"] = rss0
-        # file-backed pages (libraries) evicted under memory pressure lower the RSS peak: report it
-        result["rss_file_evicted_bytes"] = max(0, rss_file0 - _status_bytes("RssFile"))
-        result["peak_rss_reset_before_forward"] = hwm_reset
+    result.update(_cuda_memory(base_alloc, first_peak) if cuda else _cpu_memory(rss0, rss_file0, first_peak, hwm_reset))
     return result
 
 

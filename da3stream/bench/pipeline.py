@@ -84,7 +84,7 @@ def _predictor(args, seq):
     if model == "simulated":
         if seq is None:
             raise SystemExit("--model simulated needs --source synthetic[:PRESET] (it reads the ground truth)")
-        from da3stream.synthetic.simulated import SimParams, SimulatedPredictor
+        from da3stream.synthetic.predictor import SimParams, SimulatedPredictor
 
         h, w = seq.image_hw
         return SimulatedPredictor(seq, depth_hw=(h // 2, w // 2), params=SimParams(), seed=args.seed)
@@ -97,17 +97,10 @@ def _predictor(args, seq):
 
 
 def _config(args, overlap: int) -> dict:
+    from da3stream.cli import config_overrides
+
     cfg: dict = {"overlap": overlap, "seed": args.seed, "predict_ahead": args.predict_ahead}
-    if args.chunk_size is not None:
-        cfg["chunk_size"] = args.chunk_size
-    if args.gpu_mem_gb is not None:
-        cfg["gpu_mem_gb"] = args.gpu_mem_gb
-    if args.max_frames is not None:
-        cfg["source.max_frames"] = args.max_frames
-    if args.no_loop:
-        cfg["loop.enabled"] = False
-    if args.no_keyframes:
-        cfg["keyframes.enabled"] = False
+    cfg.update(config_overrides(args, ("chunk_size", "gpu_mem_gb", "max_frames", "no_loop", "no_keyframes")))
     return cfg
 
 
@@ -222,77 +215,96 @@ def run(args) -> dict:
     keep = args.out_dir is not None
     workdir = Path(args.out_dir) if keep else Path(tempfile.mkdtemp(prefix="da3stream-bench-pipeline-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    gt = None
     try:
         if seq is not None:
-            seq.render_all()
-            images = seq.images()
-            limit = len(seq) if args.max_frames is None else min(len(seq), args.max_frames)
-
-            def source():
-                return [(images[i], float(seq.timestamps[i])) for i in range(limit)]
-
-            def frame_source():
-                for i in range(limit):
-                    yield i, float(seq.timestamps[i]), images[i]
-
-            gt = seq.write_tum(workdir / "gt.tum")
-            description = {"kind": "synthetic", **seq.describe()} if hasattr(seq, "describe") else {"kind": "synthetic"}
+            source, frame_source, gt, description = _synthetic_sources(seq, args, workdir)
         else:
-            from da3stream.config import load_config
-            from da3stream.io.sources import open_source, source_options
-
-            path = Path(source_arg)
-            if not path.exists():
-                raise SystemExit(f"{path}: source not found")
-            src_cfg = load_config(args.config, _config(args, args.overlap[0])).source
-
-            def source():
-                return str(path)
-
-            def frame_source():
-                with open_source(str(path), **source_options(src_cfg)) as src:
-                    for f in src:
-                        yield f.index, f.timestamp, f.image
-
-            description = {"kind": "file", "path": str(path)}
+            source, frame_source, gt, description = _file_sources(source_arg, args)
         _warm_up(predictor, frame_source)
         runs = []
         for overlap in args.overlap:
             store = workdir / f"run_overlap{overlap}.zarr"
-            res = _run_engine(source(), store, predictor, _config(args, overlap), args.config)
-            windows = res.pop("_windows")
-            if not args.no_model_only:
-                mo = _model_only(windows, frame_source, predictor)
-                res["model_only"] = mo
-                if mo["fps"]:
-                    res["target_ratio"] = round(res["end_to_end_fps"] / (mo["fps"] * res["new_frame_fraction"]), 4)
-            if gt is not None:
-                from da3stream.io.evaluation.metrics import evaluate
-
-                ev = evaluate(store, gt)
-                res["ate_rmse"] = round(float(ev["ate_rmse"]), 6)
-                res["ate_percent_of_path"] = round(float(ev["ate_percent_of_path"]), 4)
-            runs.append(res)
+            runs.append(_one_run(args, overlap, store, source, frame_source, predictor, gt))
             if not keep:
                 shutil.rmtree(store, ignore_errors=True)
-        out = {
-            "source": description,
-            "model": {"id": str(getattr(predictor, "model_id", args.model)), "device": str(getattr(predictor, "device", "cpu")),
-                      "process_res": getattr(predictor, "process_res", None)},
-            "runs": runs,
-            "targets": {"target_ratio_min": 0.85, "peak_gpu_mem_gib_max": {"large": 8, "giant": 10}},
-        }
-        if len(runs) > 1:
-            out["overlap_table"] = [
-                {k: r.get(k) for k in ("overlap", "chunk_size", "new_frame_fraction", "ate_rmse", "ate_percent_of_path",
-                                       "n_gated", "end_to_end_fps")}
-                for r in runs
-            ]
-        return out
+        return _result(args, predictor, description, runs)
     finally:
         if not keep:
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _synthetic_sources(seq, args, workdir: Path):
+    """``(source(), frame_source(), ground-truth TUM path, description)`` of a rendered synthetic sequence."""
+    seq.render_all()
+    images = seq.images()
+    limit = len(seq) if args.max_frames is None else min(len(seq), args.max_frames)
+
+    def source():
+        return [(images[i], float(seq.timestamps[i])) for i in range(limit)]
+
+    def frame_source():
+        for i in range(limit):
+            yield i, float(seq.timestamps[i]), images[i]
+
+    gt = seq.write_tum(workdir / "gt.tum")
+    description = {"kind": "synthetic", **seq.describe()} if hasattr(seq, "describe") else {"kind": "synthetic"}
+    return source, frame_source, gt, description
+
+
+def _file_sources(source_arg: str, args):
+    """``(source(), frame_source(), None, description)`` of a video or image folder."""
+    from da3stream.config import load_config
+    from da3stream.io.sources import open_source, source_options
+
+    path = Path(source_arg)
+    if not path.exists():
+        raise SystemExit(f"{path}: source not found")
+    src_cfg = load_config(args.config, _config(args, args.overlap[0])).source
+
+    def source():
+        return str(path)
+
+    def frame_source():
+        with open_source(str(path), **source_options(src_cfg)) as src:
+            for f in src:
+                yield f.index, f.timestamp, f.image
+
+    return source, frame_source, None, {"kind": "file", "path": str(path)}
+
+
+def _one_run(args, overlap: int, store: Path, source, frame_source, predictor, gt) -> dict:
+    """One engine run at ``overlap``, the predictor alone over its windows, and the ATE when ``gt`` is known."""
+    res = _run_engine(source(), store, predictor, _config(args, overlap), args.config)
+    windows = res.pop("_windows")
+    if not args.no_model_only:
+        mo = _model_only(windows, frame_source, predictor)
+        res["model_only"] = mo
+        if mo["fps"]:
+            res["target_ratio"] = round(res["end_to_end_fps"] / (mo["fps"] * res["new_frame_fraction"]), 4)
+    if gt is not None:
+        from da3stream.io.evaluation.metrics import evaluate
+
+        ev = evaluate(store, gt)
+        res["ate_rmse"] = round(float(ev["ate_rmse"]), 6)
+        res["ate_percent_of_path"] = round(float(ev["ate_percent_of_path"]), 4)
+    return res
+
+
+def _result(args, predictor, description: dict, runs: list) -> dict:
+    out = {
+        "source": description,
+        "model": {"id": str(getattr(predictor, "model_id", args.model)), "device": str(getattr(predictor, "device", "cpu")),
+                  "process_res": getattr(predictor, "process_res", None)},
+        "runs": runs,
+        "targets": {"target_ratio_min": 0.85, "peak_gpu_mem_gib_max": {"large": 8, "giant": 10}},
+    }
+    if len(runs) > 1:
+        out["overlap_table"] = [
+            {k: r.get(k) for k in ("overlap", "chunk_size", "new_frame_fraction", "ate_rmse", "ate_percent_of_path",
+                                   "n_gated", "end_to_end_fps")}
+            for r in runs
+        ]
+    return out
 
 
 def _warm_up(predictor, frame_source, n: int = 2) -> None:

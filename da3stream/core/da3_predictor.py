@@ -35,13 +35,13 @@ of that Sim(3).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
 
 from da3stream.alignment.sim3 import cam_from_world_3x4_to_world_from_cam, invert_rigid
 from da3stream.alignment.umeyama import umeyama
+from da3stream.config import PoseConditioning
 from da3stream.core import preprocess as pp
 from da3stream.core.checkpoint import CheckpointInfo, load_checkpoint, state_dict_sha256
 from da3stream.core.types import FrameBatch, Prediction
@@ -54,24 +54,6 @@ _DTYPES = {
     "bfloat16": "bfloat16", "bf16": "bfloat16",
     "float16": "float16", "fp16": "float16", "half": "float16",
 }
-
-
-@dataclass(frozen=True)
-class PoseConditioning:
-    """Thresholds of the official pose normalisation and scale alignment (official defaults)."""
-
-    min_pose_scale: float = 0.1
-    """Lower clamp of the median camera distance that normalises known translations."""
-    ransac_min_views: int = 10
-    """From this many views on, the depth scale comes from a RANSAC Umeyama fit."""
-    ransac_iters: int = 10
-    """RANSAC iterations (each fits a Umeyama Sim(3) on half of the views)."""
-    ransac_seed: int = 42
-    """Seed of the RANSAC subset sampling."""
-    min_spread: float = 1e-9
-    """Variance of the caller's camera centres below which no scale is estimated (scale 1)."""
-    rigid_tol: float = 1e-3
-    """Max |R^T R - I| accepted for a caller's world_from_cam rotation."""
 
 
 def resolve_device(device: str = "auto") -> str:

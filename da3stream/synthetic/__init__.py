@@ -3,7 +3,7 @@
 Typical use::
 
     from da3stream.synthetic import make_sequence
-    from da3stream.synthetic.simulated import SimulatedPredictor, SimParams
+    from da3stream.synthetic import SimulatedPredictor, SimParams
 
     seq = make_sequence("demo")                      # 300 frames, 320x240, rendered lazily
     predictor = SimulatedPredictor(seq, depth_hw=seq.image_hw, params=SimParams(), seed=0)
@@ -29,6 +29,7 @@ from da3stream.synthetic.paths import (
     static,
     walk,
 )
+from da3stream.synthetic.predictor import GroundTruth, SimParams, SimulatedPredictor
 from da3stream.synthetic.render import cast, intrinsics_from_fov, render_views, scale_intrinsics
 from da3stream.synthetic.sequence import (
     PRESETS,
@@ -56,6 +57,7 @@ from da3stream.synthetic.worlds import (
 __all__ = [
     "PATH_BUILDERS", "CameraPath", "block_loop", "concat_paths", "corridor_aliasing", "drone_orbit", "figure8",
     "look_at", "make_path", "pose_from_angles", "pure_rotation", "robot_loop", "static", "walk",
+    "GroundTruth", "SimParams", "SimulatedPredictor",
     "cast", "intrinsics_from_fov", "render_views", "scale_intrinsics",
     "PRESETS", "Preset", "SyntheticSequence", "make_sequence", "read_tum", "render_sequence", "write_tum",
     "WORLD_BUILDERS", "Material", "MeshBuilder", "World", "city_world", "corridor_world", "ground_world",

@@ -63,7 +63,7 @@ def cmd_write(args) -> dict:
 
 
 def cmd_speed(args) -> dict:
-    from da3stream.synthetic.simulated import SimParams, SimulatedPredictor, da3_depth_hw
+    from da3stream.synthetic.predictor import SimParams, SimulatedPredictor, da3_depth_hw
 
     seq = _sequence(args)
     n = len(seq)
@@ -90,7 +90,7 @@ def cmd_speed(args) -> dict:
 
 
 def cmd_calibrate(args) -> dict:
-    from da3stream.synthetic.simulated import SimParams, SimulatedPredictor
+    from da3stream.synthetic.predictor import SimParams, SimulatedPredictor
     from da3stream.synthetic.calibration import calibrate
 
     seq = _sequence(args)

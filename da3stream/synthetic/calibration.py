@@ -127,7 +127,7 @@ def calibrate(gt, predictor, *, chunk: int = 24, overlap: int = 8, seed: int = 0
     """ATE (metres and % of the path) of each chaining mode on one sequence.
 
     Args:
-        gt: a :class:`~da3stream.synthetic.simulated.GroundTruth` (true poses).
+        gt: a :class:`~da3stream.synthetic.predictor.GroundTruth` (true poses).
         predictor: a predictor over the same frames (e.g. a SimulatedPredictor).
         chunk, overlap: window layout.
         seed: seeds the point sampling.

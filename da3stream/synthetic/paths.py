@@ -23,6 +23,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from da3stream.errors import ConfigError
+from da3stream.synthetic.names import pick
 
 PoseFn = Callable[[np.ndarray], tuple]
 """times (n,) -> (positions (n, 3), yaw (n,), pitch (n,), roll (n,)) in metres and radians."""
@@ -424,6 +425,4 @@ PATH_BUILDERS = {
 
 def make_path(name: str, **kwargs) -> CameraPath:
     """Build a path by name (one of :data:`PATH_BUILDERS`) with builder keyword arguments."""
-    if name not in PATH_BUILDERS:
-        raise ConfigError(f"unknown path {name!r}; choose one of {sorted(PATH_BUILDERS)}")
-    return PATH_BUILDERS[name](**kwargs)
+    return pick("path", PATH_BUILDERS, name)(**kwargs)

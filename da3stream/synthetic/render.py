@@ -17,7 +17,7 @@ from typing import Optional
 
 import numpy as np
 
-from da3stream.synthetic.simulated import pixel_rays, scale_intrinsics  # noqa: F401  (scale_intrinsics re-exported)
+from da3stream.synthetic.predictor.truth import pixel_rays, scale_intrinsics  # noqa: F401  (scale_intrinsics re-exported)
 from da3stream.errors import ShapeError, check_shape
 from da3stream.synthetic.worlds import World
 
@@ -148,73 +148,96 @@ def _lerp(a, b, t):
     return a + (b - a) * t[..., None]
 
 
+def _plain(a, b, sc, seed, s, t, dirs, footprint):
+    return np.broadcast_to(a, (s.shape[0], 3)).copy()
+
+
+def _sky(a, b, sc, seed, s, t, dirs, footprint):
+    elev = np.clip(dirs[:, 2] / np.maximum(np.linalg.norm(dirs, axis=1), 1e-9), 0.0, 1.0)
+    base = _lerp(b, a, np.sqrt(elev))
+    az = np.arctan2(dirs[:, 1], dirs[:, 0])
+    clouds = _value_noise(az * 6.0, elev * 10.0, seed) * _value_noise(az * 13.0, elev * 21.0, seed + 1)
+    return base + (np.float32(1.0) - base) * np.clip(clouds * 1.6 - 0.3, 0.0, 1.0)[:, None] * 0.8
+
+
+def _bricks(a, b, sc, seed, s, t, dirs, footprint):
+    bw, bh = sc, sc * 0.45
+    row = np.floor(t / bh)
+    uu = s / bw + 0.5 * np.mod(row, 2)
+    col = np.floor(uu)
+    fu, fv = uu - col, t / bh - row
+    var = _hash01(seed, col.astype(np.int64), row.astype(np.int64))
+    c_brick = _fade(bw, footprint, _AA_LO, _AA_HI)
+    col_rgb = _lerp(a * 0.75, a * 1.15, 0.5 + (var - 0.5) * c_brick)
+    mortar = ((fu < 0.06) | (fv < 0.14)).astype(np.float32) * _fade(bh * 0.14, footprint, 0.5, 1.5)
+    return col_rgb + (b - col_rgb) * mortar[:, None]
+
+
+def _tiles(a, b, sc, seed, s, t, dirs, footprint):
+    i, j = np.floor(s / sc), np.floor(t / sc)
+    checker = np.mod(i + j, 2).astype(np.float32)
+    var = _hash01(seed, i.astype(np.int64), j.astype(np.int64))
+    c = _fade(sc, footprint, _AA_LO, _AA_HI)
+    val = 0.5 + (checker * 0.8 + var * 0.2 - 0.5) * c
+    rgb = _lerp(a, b, val)
+    fs, ft = s / sc - i, t / sc - j
+    grout = ((fs < 0.04) | (ft < 0.04)).astype(np.float32) * _fade(sc * 0.04, footprint, 0.5, 1.5)
+    return rgb * (1.0 - 0.45 * grout)[:, None]
+
+
+def _stripes(a, b, sc, seed, s, t, dirs, footprint):
+    k = np.floor(t / sc)
+    c = _fade(sc, footprint, _AA_LO, _AA_HI)
+    var = _hash01(seed, k.astype(np.int64))
+    val = 0.5 + (np.mod(k, 2).astype(np.float32) * 0.75 + var * 0.25 - 0.5) * c
+    wobble = _value_noise(s / (sc * 4.0), t / (sc * 4.0), seed + 7) - 0.5
+    return _lerp(a, b, val) * (1.0 + 0.3 * wobble * c)[:, None]
+
+
+def _noise(a, b, sc, seed, s, t, dirs, footprint):
+    c1 = _fade(sc, footprint, _AA_LO, _AA_HI)
+    c2 = _fade(sc * 0.3, footprint, _AA_LO, _AA_HI)
+    v = 0.5 + (_value_noise(s / sc, t / sc, seed) - 0.5) * 0.65 * c1
+    v = v + (_value_noise(s / (sc * 0.3), t / (sc * 0.3), seed + 3) - 0.5) * 0.35 * c2
+    v = np.clip(0.5 + (v - 0.5) * 2.4, 0.0, 1.0)
+    return _lerp(a, b, v)
+
+
+def _ground(a, b, sc, seed, s, t, dirs, footprint):
+    c1 = _fade(sc, footprint, _AA_LO, _AA_HI)
+    patch = _value_noise(s / sc, t / sc, seed)
+    sharp = 0.5 + np.clip((patch - 0.5) * 6.0, -0.5, 0.5) * c1
+    rgb = _lerp(a, b, sharp)
+    c2 = _fade(sc * 0.08, footprint, _AA_LO, _AA_HI)
+    detail = (_value_noise(s / (sc * 0.08), t / (sc * 0.08), seed + 5) - 0.5) * 0.5 * c2
+    return rgb * (1.0 + detail)[:, None]
+
+
+def _windows(a, b, sc, seed, s, t, dirs, footprint):
+    sx, sz = sc, sc * 1.1
+    i, j = np.floor(s / sx), np.floor(t / sz)
+    fs, ft = s / sx - i, t / sz - j
+    glass = ((fs > 0.22) & (fs < 0.78) & (ft > 0.3) & (ft < 0.8)).astype(np.float32)
+    glass = glass * _fade(sx * 0.56, footprint, _AA_LO, _AA_HI)
+    lit = _hash01(seed, i.astype(np.int64), j.astype(np.int64))
+    glass_rgb = _lerp(b, b * 0.3 + 0.55, (lit > 0.8).astype(np.float32) * lit)
+    wall = _lerp(a * 0.85, a * 1.1, _value_noise(s / 1.5, t / 1.5, seed + 9))
+    return wall + (glass_rgb - wall) * glass[:, None]
+
+
+_SHADERS = {"plain": _plain, "sky": _sky, "bricks": _bricks, "tiles": _tiles, "stripes": _stripes, "noise": _noise,
+            "ground": _ground, "windows": _windows}
+"""Material kind -> shader ``(color_a, color_b, scale, seed, s, t, dirs, footprint) -> (M, 3) float32 RGB``."""
+
+
 def _shade_material(mat, s: np.ndarray, t: np.ndarray, dirs: np.ndarray, footprint: np.ndarray) -> np.ndarray:
     """RGB (M, 3) float32 in ~0..1 for texture coordinates ``s, t`` (metres) of one material."""
-    kind, sc, seed = mat.kind, float(mat.scale), int(mat.seed)
+    shader = _SHADERS.get(mat.kind)
+    if shader is None:  # pragma: no cover - guarded by Material
+        raise ShapeError(f"unknown material kind {mat.kind!r}")
     a = np.asarray(mat.color_a, dtype=np.float32)
     b = np.asarray(mat.color_b, dtype=np.float32)
-    if kind == "plain":
-        return np.broadcast_to(a, (s.shape[0], 3)).copy()
-    if kind == "sky":
-        elev = np.clip(dirs[:, 2] / np.maximum(np.linalg.norm(dirs, axis=1), 1e-9), 0.0, 1.0)
-        base = _lerp(b, a, np.sqrt(elev))
-        az = np.arctan2(dirs[:, 1], dirs[:, 0])
-        clouds = _value_noise(az * 6.0, elev * 10.0, seed) * _value_noise(az * 13.0, elev * 21.0, seed + 1)
-        return base + (np.float32(1.0) - base) * np.clip(clouds * 1.6 - 0.3, 0.0, 1.0)[:, None] * 0.8
-    if kind == "bricks":
-        bw, bh = sc, sc * 0.45
-        row = np.floor(t / bh)
-        uu = s / bw + 0.5 * np.mod(row, 2)
-        col = np.floor(uu)
-        fu, fv = uu - col, t / bh - row
-        var = _hash01(seed, col.astype(np.int64), row.astype(np.int64))
-        c_brick = _fade(bw, footprint, _AA_LO, _AA_HI)
-        col_rgb = _lerp(a * 0.75, a * 1.15, 0.5 + (var - 0.5) * c_brick)
-        mortar = ((fu < 0.06) | (fv < 0.14)).astype(np.float32) * _fade(bh * 0.14, footprint, 0.5, 1.5)
-        return col_rgb + (b - col_rgb) * mortar[:, None]
-    if kind == "tiles":
-        i, j = np.floor(s / sc), np.floor(t / sc)
-        checker = np.mod(i + j, 2).astype(np.float32)
-        var = _hash01(seed, i.astype(np.int64), j.astype(np.int64))
-        c = _fade(sc, footprint, _AA_LO, _AA_HI)
-        val = 0.5 + (checker * 0.8 + var * 0.2 - 0.5) * c
-        rgb = _lerp(a, b, val)
-        fs, ft = s / sc - i, t / sc - j
-        grout = ((fs < 0.04) | (ft < 0.04)).astype(np.float32) * _fade(sc * 0.04, footprint, 0.5, 1.5)
-        return rgb * (1.0 - 0.45 * grout)[:, None]
-    if kind == "stripes":
-        k = np.floor(t / sc)
-        c = _fade(sc, footprint, _AA_LO, _AA_HI)
-        var = _hash01(seed, k.astype(np.int64))
-        val = 0.5 + (np.mod(k, 2).astype(np.float32) * 0.75 + var * 0.25 - 0.5) * c
-        wobble = _value_noise(s / (sc * 4.0), t / (sc * 4.0), seed + 7) - 0.5
-        return _lerp(a, b, val) * (1.0 + 0.3 * wobble * c)[:, None]
-    if kind == "noise":
-        c1 = _fade(sc, footprint, _AA_LO, _AA_HI)
-        c2 = _fade(sc * 0.3, footprint, _AA_LO, _AA_HI)
-        v = 0.5 + (_value_noise(s / sc, t / sc, seed) - 0.5) * 0.65 * c1
-        v = v + (_value_noise(s / (sc * 0.3), t / (sc * 0.3), seed + 3) - 0.5) * 0.35 * c2
-        v = np.clip(0.5 + (v - 0.5) * 2.4, 0.0, 1.0)
-        return _lerp(a, b, v)
-    if kind == "ground":
-        c1 = _fade(sc, footprint, _AA_LO, _AA_HI)
-        patch = _value_noise(s / sc, t / sc, seed)
-        sharp = 0.5 + np.clip((patch - 0.5) * 6.0, -0.5, 0.5) * c1
-        rgb = _lerp(a, b, sharp)
-        c2 = _fade(sc * 0.08, footprint, _AA_LO, _AA_HI)
-        detail = (_value_noise(s / (sc * 0.08), t / (sc * 0.08), seed + 5) - 0.5) * 0.5 * c2
-        return rgb * (1.0 + detail)[:, None]
-    if kind == "windows":
-        sx, sz = sc, sc * 1.1
-        i, j = np.floor(s / sx), np.floor(t / sz)
-        fs, ft = s / sx - i, t / sz - j
-        glass = ((fs > 0.22) & (fs < 0.78) & (ft > 0.3) & (ft < 0.8)).astype(np.float32)
-        glass = glass * _fade(sx * 0.56, footprint, _AA_LO, _AA_HI)
-        lit = _hash01(seed, i.astype(np.int64), j.astype(np.int64))
-        glass_rgb = _lerp(b, b * 0.3 + 0.55, (lit > 0.8).astype(np.float32) * lit)
-        wall = _lerp(a * 0.85, a * 1.1, _value_noise(s / 1.5, t / 1.5, seed + 9))
-        return wall + (glass_rgb - wall) * glass[:, None]
-    raise ShapeError(f"unknown material kind {kind!r}")  # pragma: no cover - guarded by Material
+    return shader(a, b, float(mat.scale), int(mat.seed), s, t, dirs, footprint)
 
 
 def shade(world: World, hits: dict, focal_px: float, ambient: float = 0.55) -> np.ndarray:

@@ -6,7 +6,7 @@ RGB (uint8), z-depth (float32) and the sky mask are rendered lazily in small
 batches and cached. It writes a video (PyAV, via
 :func:`da3stream.io.sources.video_write.write_video`), an image folder, the TUM ground truth
 and an ``.npz`` bundle, and it is a ground-truth source for
-:class:`~da3stream.synthetic.simulated.SimulatedPredictor`.
+:class:`~da3stream.synthetic.predictor.SimulatedPredictor`.
 
 Presets (:data:`PRESETS`, built with :func:`make_sequence`) pair a world with
 a path and default sizes; see docs/SIMULATOR.md for the list.
@@ -23,9 +23,10 @@ from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
 
-from da3stream.synthetic.simulated import GroundTruth
+from da3stream.synthetic.predictor.truth import GroundTruth
 from da3stream.core.types import FrameBatch
 from da3stream.errors import ConfigError, ExportError, ShapeError, check_shape
+from da3stream.synthetic.names import pick
 from da3stream.synthetic import paths as P
 from da3stream.synthetic import worlds as W
 from da3stream.synthetic.render import cast, intrinsics_from_fov, is_sky, render_views
@@ -468,9 +469,7 @@ def make_sequence(preset: str, n_frames: Optional[int] = None, width: Optional[i
     ``world_kwargs``/``path_kwargs`` override the builders' arguments (for
     ``scene_cut``: ``{"room": {...}, "city": {...}}`` and ``{"walk": {...}, "street": {...}}``).
     """
-    if preset not in PRESETS:
-        raise ConfigError(f"unknown synthetic preset {preset!r}; choose one of {sorted(PRESETS)}")
-    spec = PRESETS[preset]
+    spec = pick("synthetic preset", PRESETS, preset)
     wk, pk = dict(world_kwargs or {}), dict(path_kwargs or {})
     world, path, native_events = spec.build(wk, pk)
     n = spec.n_frames if n_frames is None else int(n_frames)

@@ -29,6 +29,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from da3stream.errors import ConfigError, check_shape
+from da3stream.synthetic.names import pick
 
 MATERIAL_KINDS = ("bricks", "tiles", "noise", "windows", "stripes", "plain", "ground", "sky")
 
@@ -245,7 +246,13 @@ def _room_builder(textured: bool, seed: int) -> MeshBuilder:
     pillar = mat("bricks", (0.55, 0.5, 0.45), (0.2, 0.18, 0.16), 0.3)
     for x in (-3.5, 3.5):
         b.box((x, 0.0, hz / 2), (0.8, 0.8, hz), pillar)
-    # furniture along the walls, in a 1.2 m margin the paths keep clear of
+    _add_furniture(b, mat, rng, hx, hy)
+    _add_posters(b, mat, rng, hx, hy)
+    return b
+
+
+def _add_furniture(b: MeshBuilder, mat, rng: np.random.Generator, hx: float, hy: float) -> None:
+    """14 random boxes along the walls of a room of half-sides ``hx, hy``, in a 1.2 m margin the paths keep clear of."""
     kinds = ("noise", "tiles", "stripes", "bricks")
     for i in range(14):
         side = i % 4
@@ -265,7 +272,10 @@ def _room_builder(textured: bool, seed: int) -> MeshBuilder:
             size = (d, w, h)
         m = mat(kinds[i % 4], _palette(rng), _palette(rng), float(rng.uniform(0.1, 0.4)))
         b.box(c, size, m)
-    # posters: thin boxes on the walls at eye height
+
+
+def _add_posters(b: MeshBuilder, mat, rng: np.random.Generator, hx: float, hy: float) -> None:
+    """10 thin boxes on the walls at eye height."""
     for i in range(10):
         side = i % 4
         t = rng.uniform(-0.8, 0.8)
@@ -280,7 +290,6 @@ def _room_builder(textured: bool, seed: int) -> MeshBuilder:
             b.box((-hx + 0.02, t * hy, z), (0.04, w, h), m)
         else:
             b.box((hx - 0.02, t * hy, z), (0.04, w, h), m)
-    return b
 
 
 def room_world(seed: int = 0) -> World:
@@ -468,6 +477,4 @@ WORLD_BUILDERS = {
 
 def make_world(name: str, **kwargs) -> World:
     """Build a world by name (one of :data:`WORLD_BUILDERS`) with builder keyword arguments."""
-    if name not in WORLD_BUILDERS:
-        raise ConfigError(f"unknown world {name!r}; choose one of {sorted(WORLD_BUILDERS)}")
-    return WORLD_BUILDERS[name](**kwargs)
+    return pick("world", WORLD_BUILDERS, name)(**kwargs)

@@ -18,6 +18,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
+from da3stream.config import MetricAlignParams, SkyParams
 from da3stream.core.network.camera import CameraDecoder, CameraEncoder, decode_pose
 from da3stream.core.network.dpt import DualDPT, GaussianHeadWeights, MonoDPT
 from da3stream.core.network.presets import PATCH_SIZE, PresetSpec, get_preset
@@ -61,46 +62,6 @@ class NetworkOutput:
 
     def to_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}
-
-
-@dataclass(frozen=True)
-class SkyParams:
-    """Sky handling of the mono/metric models (official defaults)."""
-
-    sky_threshold: float = 0.3
-    """Pixels whose sky score is below this are not sky."""
-    min_pixels: int = 10
-    """Sky filling is skipped unless both classes have more pixels than this."""
-    max_samples: int = 100_000
-    """Quantiles are taken over at most this many random samples."""
-    far_quantile: float = 0.99
-    """Sky pixels get this quantile of the non-sky depth."""
-
-
-@dataclass(frozen=True)
-class MetricAlignParams:
-    """How the nested model makes the any-view depth metric (official defaults)."""
-
-    focal_reference: float = 300.0
-    """Metric depth = raw metric-branch depth * mean(fx, fy) / this."""
-    sky_threshold: float = 0.3
-    """Pixels whose metric-branch sky score is below this are not sky."""
-    min_non_sky_pixels: int = 10
-    """Alignment needs more non-sky pixels than this."""
-    conf_quantile: float = 0.5
-    """Only pixels with depth confidence at least this quantile take part in the fit."""
-    min_depth: float = 1e-3
-    """Pixels with any-view depth at or below this are ignored."""
-    min_metric_depth: float = 1e-2
-    """Pixels with metric depth at or below this are ignored."""
-    lstsq_eps: float = 1e-12
-    """Floor of the least-squares denominator."""
-    max_samples: int = 100_000
-    """Quantiles are taken over at most this many random samples."""
-    far_quantile: float = 0.99
-    """Sky pixels get min(this quantile of non-sky depth, max_sky_depth)."""
-    max_sky_depth: float = 200.0
-    """Upper bound of the depth written into sky pixels."""
 
 
 def _sample_randint(values: Tensor, max_samples: int) -> Tensor:

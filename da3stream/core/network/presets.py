@@ -139,7 +139,15 @@ PRESETS: dict[str, PresetSpec] = {
 }
 """Our preset key -> architecture."""
 
+OFFICIAL_NAMES: dict[str, str] = {key: spec.model_name for key, spec in PRESETS.items()}
+"""Our preset key -> the official ``model_name`` (derived from :data:`PRESETS`: the one table of official names)."""
+
 _HUB_PREFIXES = ("depth-anything/",)
+
+
+def official_model_name(preset: str) -> str:
+    """The official ``model_name`` of our preset key; any other name (already official) is returned as given."""
+    return OFFICIAL_NAMES.get(preset, preset)
 
 
 def _name_table() -> dict[str, str]:
