@@ -92,11 +92,16 @@ def fuse_window(
         return empty_points()
     vox = voxel_size if voxel_size > 0 else float(np.median(d[keep])) * voxel_fraction_of_depth
     vox = max(vox, 1e-12)
+    return _voxel_average(xyz, col, cf, vox, max_points)
+
+
+def _voxel_average(xyz: np.ndarray, col: np.ndarray, conf: np.ndarray, vox: float, max_points: int) -> FusedPoints:
+    """Mean position and colour and best confidence per voxel of edge ``vox``; the ``max_points`` best supported."""
     groups = voxel_groups(voxel_cells(xyz, vox))
     m = groups.counts.shape[0]
     out_xyz = voxel_means(groups, xyz)
     out_col = voxel_means(groups, col)
-    best = np.maximum.reduceat(cf[groups.order], groups.starts).astype(np.float32)  # the best confidence per voxel
+    best = np.maximum.reduceat(conf[groups.order], groups.starts).astype(np.float32)  # the best confidence per voxel
     if m > max_points:
         sel = _top_voxels(groups.counts, best, max_points)  # most observations first, then confidence
         out_xyz, out_col, best = out_xyz[sel], out_col[sel], best[sel]
