@@ -16,11 +16,8 @@ The config is resolved once, here; each stage gets the sub-config it needs.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
@@ -39,6 +36,7 @@ from da3stream.streaming.stages.fuse import FuseStage, with_colours
 from da3stream.streaming.stages.loops import LoopStage
 from da3stream.streaming.stages.predict import KnownCameras, PredictStage, accepts_kwarg, free_accelerator_memory
 from da3stream.streaming.state import RunState, SourceLog
+from da3stream.streaming.summary import RunSummary, Timer, model_info
 from da3stream.streaming.window import Window
 from da3stream.streaming.windows import WindowScheduler
 from da3stream.streaming.writer import AsyncWriter
@@ -46,62 +44,6 @@ from da3stream.streaming.writer import AsyncWriter
 log = logging.getLogger(__name__)
 
 __all__ = ["RunSummary", "StreamingReconstructor", "reconstruct"]
-
-
-@dataclass
-class RunSummary:
-    """What a run did; returned by :func:`reconstruct`."""
-
-    store: str
-    status: str = "running"
-    n_read: int = 0
-    n_keyframes: int = 0
-    n_frames: int = 0
-    n_chunks: int = 0
-    n_gated: int = 0
-    n_segments: int = 1
-    n_loops: int = 0
-    n_loop_candidates: int = 0
-    n_points: int = 0
-    n_skipped: int = 0
-    chunk_size: int = 0
-    overlap: int = 0
-    resumed: bool = False
-    model: dict = field(default_factory=dict)
-    timings: dict = field(default_factory=dict)
-
-    @property
-    def new_frame_fraction(self) -> float:
-        """Fraction of predicted frames that were new (not overlap re-predictions)."""
-        predicted = self.timings.get("predicted_frames", 0)
-        return float(self.n_frames) / predicted if predicted else 0.0
-
-
-class _Timer:
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-        self._lock = threading.Lock()  # the predict-ahead worker adds too
-
-    def add(self, name: str, dt: float) -> None:
-        with self._lock:
-            self.seconds[name] = self.seconds.get(name, 0.0) + dt
-
-    @contextlib.contextmanager
-    def timed(self, name: str) -> Iterator[None]:
-        t0 = time.perf_counter()
-        yield
-        self.add(name, time.perf_counter() - t0)
-
-
-def _model_info(predictor: Any) -> dict:
-    """Model identity for the store: id, weight hash, whether the weights are random."""
-    return {
-        "id": str(getattr(predictor, "model_id", type(predictor).__name__)),
-        "weights_sha256": getattr(predictor, "weights_sha256", None),
-        "weights_random": bool(getattr(predictor, "weights_random", False)),
-        "simulated": bool(getattr(predictor, "simulated", False)),
-        "class": f"{type(predictor).__module__}.{type(predictor).__qualname__}",
-    }
 
 
 def _resolve_predictor(predictor: Optional[Predictor], cfg: Config) -> Predictor:
@@ -135,8 +77,8 @@ class StreamingReconstructor:
         self.progress = progress
         self.overwrite = overwrite
         self.source_extra = source_extra or {}
-        self.timer = _Timer()
-        self.summary = RunSummary(store=str(self.out), overlap=cfg.overlap, model=_model_info(self.predictor))
+        self.timer = Timer()
+        self.summary = RunSummary(store=str(self.out), overlap=cfg.overlap, model=model_info(self.predictor))
         self.pose_prior = None  # known cameras (source.poses) for conditioned inference
         if cfg.source.poses:
             from da3stream.io.sources.priors import PosePrior
