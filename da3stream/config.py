@@ -117,7 +117,8 @@ class AlignConfig:
     pose_source: str = "auto"
     """Per-frame camera poses: rays (fit to the ray map, like DA3's use_ray_pose), head (the camera head), or auto (rays when given)."""
     device: str = "auto"
-    """Where registration runs: auto (torch on the predictor's CUDA device when it has one, else numpy on the CPU), cpu, or cuda[:N]."""
+    """Kept for config compatibility and validated (auto, cpu, cuda[:N]); registration runs in numpy on the host
+    whatever it says, since numpy beat torch at these sizes (``python -m da3stream.bench registration``)."""
 
 
 @dataclass(frozen=True)

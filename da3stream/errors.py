@@ -44,6 +44,10 @@ class PredictionError(Da3StreamError):
     exit_code = 6
 
 
+class RejectedWindow(PredictionError):
+    """A window's prediction is unusable as a whole (non-finite cameras, no finite depth); the run goes on without it."""
+
+
 class AlignmentError(Da3StreamError):
     """Registration could not produce an estimate (degenerate input)."""
 

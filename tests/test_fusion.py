@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from da3stream.streaming.fusion import _voxel_ids, fuse_window
+from da3stream.alignment.voxel import voxel_ids as _voxel_ids
+from da3stream.streaming.fusion import fuse_window
 
 
 def _frames(n=2, h=24, w=32, depth=2.0):

@@ -257,7 +257,7 @@ def check_store(path) -> dict:
     A store that does not exist yet, or whose creation was killed, is reported with ``exists: False``.
     """
     from da3stream.io.store import RunStore
-    from da3stream.streaming.pipeline import _creation_incomplete
+    from da3stream.streaming.resume import creation_incomplete as _creation_incomplete
 
     p = Path(path)
     if _creation_incomplete(p):

@@ -1,4 +1,11 @@
-"""Streaming: sources, keyframes, scheduling, memory planning and the pipeline.
+"""Streaming: the run, source frames to the store, one window at a time.
+
+keyframes (``keyframes.py``) -> windows (``windows.py``, sized by ``planner.py``)
+-> the stages a :class:`~da3stream.streaming.window.Window` passes through
+(``stages/``: predict, cameras, align, loops, fuse, commit; loop closure
+itself in ``loops/``), run by ``pipeline.py``, with ``state.py`` the run
+state, ``resume.py`` its rebuild from the store, ``overlap.py`` the
+predict-ahead thread and ``writer.py`` the async store writer.
 
 ``reconstruct(source, out, *, predictor=None, config=None, resume=False)`` is
 the entry point other tools use.

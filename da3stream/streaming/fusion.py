@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from da3stream.alignment.voxel import voxel_cells, voxel_groups, voxel_means
 from da3stream.errors import check_shape
 
 
@@ -91,15 +92,18 @@ def fuse_window(
         return empty_points()
     vox = voxel_size if voxel_size > 0 else float(np.median(d[keep])) * voxel_fraction_of_depth
     vox = max(vox, 1e-12)
-    inv, counts, order, starts = _voxel_groups(np.floor(xyz / vox).astype(np.int64))
-    m = counts.shape[0]
-    sum_xyz = np.stack([np.bincount(inv, weights=xyz[:, k], minlength=m) for k in range(3)], axis=1)
-    sum_col = np.stack([np.bincount(inv, weights=col[:, k], minlength=m) for k in range(3)], axis=1)
-    best = np.maximum.reduceat(cf[order], starts).astype(np.float32)  # the best confidence per voxel
-    out_xyz = sum_xyz / counts[:, None]
-    out_col = sum_col / counts[:, None]
+    return _voxel_average(xyz, col, cf, vox, max_points)
+
+
+def _voxel_average(xyz: np.ndarray, col: np.ndarray, conf: np.ndarray, vox: float, max_points: int) -> FusedPoints:
+    """Mean position and colour and best confidence per voxel of edge ``vox``; the ``max_points`` best supported."""
+    groups = voxel_groups(voxel_cells(xyz, vox))
+    m = groups.counts.shape[0]
+    out_xyz = voxel_means(groups, xyz)
+    out_col = voxel_means(groups, col)
+    best = np.maximum.reduceat(conf[groups.order], groups.starts).astype(np.float32)  # the best confidence per voxel
     if m > max_points:
-        sel = _top_voxels(counts, best, max_points)  # most observations first, then confidence
+        sel = _top_voxels(groups.counts, best, max_points)  # most observations first, then confidence
         out_xyz, out_col, best = out_xyz[sel], out_col[sel], best[sel]
     return FusedPoints(
         out_xyz.astype(np.float32),
@@ -152,41 +156,3 @@ def _top_voxels(counts: np.ndarray, best: np.ndarray, k: int) -> np.ndarray:
     tied = np.flatnonzero(counts == cut)
     pick = tied[_top_k_first(best[tied], k - above.size)]
     return np.sort(np.concatenate([above, pick]))
-
-
-def _voxel_groups(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Group points by voxel: ids (P,), counts (M,), an order (P,) sorting points by voxel, group starts (M,).
-
-    Voxel ids are numbered in increasing packed-key order (as ``np.unique`` numbers them).
-    """
-    packed = _pack_keys(keys)
-    order = np.argsort(packed)  # within-voxel order is irrelevant to every use
-    sorted_keys = packed[order]
-    new_group = np.empty(sorted_keys.size, bool)
-    new_group[:1] = True
-    np.not_equal(sorted_keys[1:], sorted_keys[:-1], out=new_group[1:])
-    starts = np.flatnonzero(new_group)
-    counts = np.diff(np.append(starts, sorted_keys.size))
-    inv = np.empty(sorted_keys.size, np.int64)
-    inv[order] = np.cumsum(new_group) - 1
-    return inv, counts, order, starts
-
-
-def _pack_keys(keys: np.ndarray) -> np.ndarray:
-    """One int64 per integer voxel coordinate (P, 3): 21 bits each, or a row-wise rank for huge extents."""
-    k = keys - keys.min(axis=0)
-    span = k.max(axis=0) + 1 if k.size else np.ones(3, np.int64)
-    if np.all(span < (1 << 21)):
-        return (k[:, 0] << 42) | (k[:, 1] << 21) | k[:, 2]
-    _, inv = np.unique(k, axis=0, return_inverse=True)  # a huge extent relative to the voxel
-    return inv.reshape(-1).astype(np.int64)
-
-
-def _voxel_ids(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Dense voxel ids (P,) and counts (M,) for integer voxel coordinates (P, 3).
-
-    The three coordinates are packed into one int64 (21 bits each after shifting
-    to non-negative), which makes the grouping a 1-D sort.
-    """
-    inv, counts, _, _ = _voxel_groups(keys)
-    return inv, counts

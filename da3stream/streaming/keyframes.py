@@ -108,3 +108,51 @@ class KeyframeFilter:
         """Forget everything; the next frame is kept."""
         self._state = KeyframeState(None, 0)
         self.last_change = 0.0
+
+
+CUT_HIST_BINS = (8, 4, 4)
+"""Hue x saturation x value bins of the scene-cut colour histogram (value keeps grey video testable)."""
+
+
+def colour_change(a: np.ndarray, b: np.ndarray) -> float:
+    """Bhattacharyya distance (0 same .. 1 disjoint) between the HSV histograms of two ``(H, W, 3) uint8`` RGB images.
+
+    Motion inside one scene moves pixels but keeps their colours; a hard cut replaces them.
+    """
+    import cv2
+
+    hists = [cv2.calcHist([cv2.cvtColor(np.ascontiguousarray(im), cv2.COLOR_RGB2HSV)], [0, 1, 2], None,
+                          list(CUT_HIST_BINS), [0, 180, 0, 256, 0, 256]) for im in (a, b)]
+    return float(cv2.compareHist(hists[0], hists[1], cv2.HISTCMP_BHATTACHARYYA))
+
+
+class KeyframeStage:
+    """Keyframe decision and scene-cut test per source frame (``keyframes`` config; all kept when disabled).
+
+    A kept frame is a scene cut when its motion score exceeds ``cut_threshold``
+    AND its colour histogram differs from the last kept frame's by more than
+    ``cut_colour_threshold`` (fast motion alone moves pixels, not colours).
+    """
+
+    def __init__(self, cfg) -> None:
+        self.cfg = cfg
+        self.filter = KeyframeFilter.from_config(cfg) if cfg.enabled else None
+        self._last_kept: Optional[np.ndarray] = None
+
+    def prime(self, image: np.ndarray) -> None:
+        """Treat ``image`` as the last kept frame (a carry frame re-read on resume)."""
+        if self.filter is not None:
+            self.filter.prime(image)
+            self._last_kept = image
+
+    def offer(self, image: np.ndarray, any_kept: bool) -> tuple[bool, bool]:
+        """``(keep, cut)`` for the next source image; ``any_kept``: a keyframe was kept before in this run."""
+        if self.filter is None:
+            return True, False
+        keep = self.filter.accept(image)
+        cut = (keep and self.filter.last_change > self.cfg.cut_threshold and any_kept
+               and self._last_kept is not None
+               and colour_change(self._last_kept, image) > self.cfg.cut_colour_threshold)
+        if keep:
+            self._last_kept = image
+        return keep, cut

@@ -14,9 +14,9 @@ overlap. Results cannot change:
   succeeded (the worker is then idle only for the moment the main thread takes
   to hand over the next window). A deferred prediction that failed -- rejected
   (non-finite output), out of memory, or any other error -- goes through the
-  serial code path (``StreamingReconstructor._run_window`` with the ahead
-  prediction as its first attempt: rejection, shrink and retry, or the error
-  raised) before anything else is submitted, so the predictor sees exactly the
+  serial code path (the ``serial`` window runner, with the ahead prediction as
+  its first attempt: rejection, shrink and retry, or the error raised) before
+  anything else is submitted, so the predictor sees exactly the
   serial loop's sequence of calls. The one remaining speculation: an
   out-of-memory error while the deferred window is *processed* (a loop-closure
   verification forward) retries that window smaller after the next one was
@@ -32,10 +32,11 @@ lock around every ``predict`` (the worker's and the loop closer's verification
 windows), so GPU memory stays at one forward, which is what the memory planner
 budgets.
 
-This module drives a few private methods of
-:class:`~da3stream.streaming.pipeline.StreamingReconstructor` (``_predict``,
-``_run_window``, ``pending_source_rows``, ``chunk_size``); the pipeline owns
-the window logic, this module only decides *when* each step runs.
+This module wraps two stages it is handed, the predictor stage and the serial
+window runner, and reaches into neither: it cuts windows with the
+:class:`~da3stream.streaming.windows.WindowScheduler`, moves source-log rows
+with :meth:`~da3stream.streaming.state.SourceLog.swap`, and only decides
+*when* each step runs.
 """
 
 from __future__ import annotations
@@ -97,19 +98,31 @@ class _Job:
     source_rows: list
     """Source-log rows pending when the window was formed (committed with it)."""
     future: cf.Future
-    """The worker's ``_predict(window)``."""
+    """The worker's ``predict(window)``."""
+
+
+Serial = Callable[[list, int, Optional[Callable[[], Any]]], "tuple[list, int]"]
+"""``serial(buffer, n_carry, first_prediction)``: process the next window of ``buffer`` (retrying smaller on
+out-of-memory, ``first_prediction()`` as the first attempt's prediction); return the next buffer and carry count."""
 
 
 class PredictAhead:
-    """Runs ``runner._predict`` one window ahead in a worker thread (see the module docstring).
+    """Runs ``predict`` one window ahead in a worker thread (see the module docstring).
 
     Args:
-        runner: the :class:`~da3stream.streaming.pipeline.StreamingReconstructor`.
+        predict: the predictor stage, ``predict(frames) -> Prediction``.
+        serial: the serial window runner (see :data:`Serial`).
+        scheduler: the :class:`~da3stream.streaming.windows.WindowScheduler` that cuts windows.
+        source_log: the run's :class:`~da3stream.streaming.state.SourceLog`.
         timer_add: ``(name, seconds)`` callback for the wait timings.
     """
 
-    def __init__(self, runner: Any, timer_add: Optional[Callable[[str, float], None]] = None) -> None:
-        self.runner = runner
+    def __init__(self, predict: Callable[[list], Any], serial: Serial, scheduler: Any, source_log: Any,
+                 timer_add: Optional[Callable[[str, float], None]] = None) -> None:
+        self._predict = predict
+        self._serial = serial
+        self._scheduler = scheduler
+        self._log = source_log
         self.pending: Optional[_Job] = None
         self._timer_add = timer_add or (lambda name, dt: None)
         self._pool = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="da3stream-predict")
@@ -118,7 +131,7 @@ class PredictAhead:
         """Predictions made ahead and dropped (the window before them was retried smaller while processed)."""
 
     # ------------------------------------------------------------------ steps
-    def run_window(self, buffer: list, n_carry: int, source_desc: dict) -> tuple[list, int]:
+    def run_window(self, buffer: list, n_carry: int) -> tuple[list, int]:
         """Submit the next window of ``buffer`` and process the window submitted before it meanwhile.
 
         The previous window's prediction is awaited first: when it failed, nothing
@@ -127,32 +140,28 @@ class PredictAhead:
         Returns the buffer and carry count the serial loop would have after the
         submitted window (the carry of its last ``overlap`` frames plus the rest).
         """
-        rec = self.runner
         prev = self.pending
         if prev is not None:
             self._wait(prev)
             if prev.future.exception() is not None:  # rejected, out of memory or broken: the serial path decides
                 self.pending = None
-                _, buf, nc = self._finish(prev, buffer, n_carry, source_desc, None)
+                _, buf, nc = self._finish(prev, buffer, n_carry, None)
                 return buf, nc
-        window = buffer[: max(rec.chunk_size, n_carry + 1)]
+        window = self._scheduler.cut(buffer, n_carry)
         job = self._submit(window, n_carry)
         self.pending = job
         if prev is not None:
-            ok, buf, nc = self._finish(prev, buffer, n_carry, source_desc, job)
+            ok, buf, nc = self._finish(prev, buffer, n_carry, job)
             if not ok:
                 return buf, nc
-        rest = buffer[len(window):]
-        overlap = min(rec.cfg.overlap, len(window))
-        carry = window[len(window) - overlap:] if overlap else []
-        return carry + rest, len(carry)
+        return self._scheduler.after(window, buffer)
 
-    def finish(self, buffer: list, n_carry: int, source_desc: dict) -> tuple[list, int]:
+    def finish(self, buffer: list, n_carry: int) -> tuple[list, int]:
         """Process the window still in flight (before a scene cut, at the end of the stream)."""
         prev, self.pending = self.pending, None
         if prev is None:
             return buffer, n_carry
-        _, buf, nc = self._finish(prev, buffer, n_carry, source_desc, None)
+        _, buf, nc = self._finish(prev, buffer, n_carry, None)
         return buf, nc
 
     def close(self) -> None:
@@ -163,10 +172,9 @@ class PredictAhead:
 
     # ------------------------------------------------------------------ internals
     def _submit(self, window: list, n_carry: int) -> _Job:
-        rec = self.runner
-        rows, rec.pending_source_rows = rec.pending_source_rows, []
+        rows = self._log.swap([])
         self.n_submitted += 1
-        return _Job(window, n_carry, rows, self._pool.submit(rec._predict, window))
+        return _Job(window, n_carry, rows, self._pool.submit(self._predict, window))
 
     def _wait(self, job: _Job) -> None:
         """Block until ``job``'s prediction has ended (the wait is timed as ``predict_wait``)."""
@@ -179,37 +187,35 @@ class PredictAhead:
         self._wait(job)
         return job.future.result()
 
-    def _finish(self, prev: _Job, buffer: list, n_carry: int, source_desc: dict, job: Optional[_Job]):
+    def _finish(self, prev: _Job, buffer: list, n_carry: int, job: Optional[_Job]):
         """Process ``prev`` through the serial path; ``(speculation_ok, buffer, n_carry)`` after it.
 
         ``buffer`` / ``n_carry`` are what the serial loop holds after ``prev``
         succeeds: ``prev``'s carry, then every frame read after ``prev``'s window.
         """
-        rec = self.runner
-        later = rec.pending_source_rows  # rows read after the last submission
-        rec.pending_source_rows = prev.source_rows
+        later = self._log.swap(prev.source_rows)  # rows read after the last submission
         prev_buffer = prev.window + buffer[n_carry:]
         try:
-            buf, nc = rec._run_window(prev_buffer, prev.n_carry, source_desc, first_prediction=lambda: self._result(prev))
+            buf, nc = self._serial(prev_buffer, prev.n_carry, lambda: self._result(prev))
         except BaseException:
             if job is not None:
                 self.pending = None
                 self._drop(job)
             raise
-        leftover = rec.pending_source_rows  # rows of a rejected window, committed with the next one
+        leftover = self._log.swap([])  # rows of a rejected window, committed with the next one
         ok = nc == n_carry and len(buf) == len(buffer) and all(a is b for a, b in zip(buf, buffer))
         if job is None:
-            rec.pending_source_rows = leftover + later
+            self._log.swap(leftover + later)
         elif ok:
             job.source_rows = leftover + job.source_rows
-            rec.pending_source_rows = later
+            self._log.swap(later)
         else:
             log.info("window of frames %s-%s was retried smaller; dropping the prediction made ahead",
                      _first_index(prev.window), _last_index(prev.window))
             self.pending = None
             self._drop(job)
             self.n_dropped += 1
-            rec.pending_source_rows = leftover + job.source_rows + later
+            self._log.swap(leftover + job.source_rows + later)
         return ok, buf, nc
 
     def _drop(self, job: Optional[_Job]) -> None:

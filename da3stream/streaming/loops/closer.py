@@ -38,7 +38,7 @@ from da3stream.alignment.sim3 import Sim3
 from da3stream.config import AlignConfig, LoopConfig
 from da3stream.core.types import Predictor
 from da3stream.errors import AlignmentError, ShapeError, check_shape
-from da3stream.io.store.run_store import ChunkStatus, LoopEdge
+from da3stream.io.store.records import ChunkStatus, LoopEdge
 from da3stream.streaming.loops.candidates import find_candidates
 from da3stream.streaming.loops.consistency import Verified, decide
 from da3stream.streaming.loops.graph import (

@@ -23,7 +23,7 @@ import numpy as np
 
 from da3stream.alignment.sim3 import Sim3
 from da3stream.config import LoopConfig
-from da3stream.io.store.run_store import LoopEdge
+from da3stream.io.store.records import LoopEdge
 
 __all__ = ["Verified", "agreeing_group", "angle_deg", "decide", "measure"]
 

@@ -25,7 +25,7 @@ import numpy as np
 from da3stream.alignment.graph_terms import component_roots, edge_information
 from da3stream.alignment.pose_graph import Edge, optimize_pose_graph
 from da3stream.config import LoopConfig
-from da3stream.io.store.run_store import LoopEdge
+from da3stream.io.store.records import LoopEdge
 from da3stream.streaming.loops.records import FrameData, SeqEdge
 
 __all__ = ["GraphOutcome", "as_stored", "graph_report", "median_depth", "optimise_dropping_outliers",

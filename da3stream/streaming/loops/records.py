@@ -15,7 +15,7 @@ import numpy as np
 from da3stream.alignment.sim3 import Sim3
 from da3stream.core.types import Prediction
 from da3stream.errors import ShapeError
-from da3stream.io.store.run_store import LoopEdge
+from da3stream.io.store.records import LoopEdge
 
 __all__ = ["FrameData", "LoopEdge", "LoopUpdate", "SeqEdge", "WindowContext", "canonical_sim3", "loop_from_record",
            "unverified"]

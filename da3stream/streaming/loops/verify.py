@@ -25,7 +25,7 @@ from da3stream.alignment.registration import pose_based_estimate, quality_gate, 
 from da3stream.config import AlignConfig, LoopConfig
 from da3stream.core.types import FrameBatch, Prediction, Predictor
 from da3stream.errors import AlignmentError, Da3StreamError, ShapeError
-from da3stream.io.store.run_store import LoopEdge
+from da3stream.io.store.records import LoopEdge
 from da3stream.streaming.loops.consistency import Verified, measure
 from da3stream.streaming.loops.graph import median_depth
 from da3stream.streaming.loops.records import FrameData, WindowContext, canonical_sim3, unverified
