@@ -348,11 +348,12 @@ SIGINT_WORKER = textwrap.dedent("""
 
     import pathlib, signal, threading
     interrupted = threading.Event()
-    previous = signal.getsignal(signal.SIGINT)
 
-    def on_sigint(signum, frame):  # note the signal, then raise KeyboardInterrupt as Python does
+    # note the signal, then raise KeyboardInterrupt as Python's default handler does; installed
+    # explicitly, since a process started from a background job inherits SIGINT ignored
+    def on_sigint(signum, frame):
         interrupted.set()
-        previous(signum, frame)
+        raise KeyboardInterrupt
 
     signal.signal(signal.SIGINT, on_sigint)
 
