@@ -35,6 +35,8 @@ def _rules() -> dict[str, set[str]]:
 def _room(module: str, rooms: set[str]) -> str:
     """The most specific room of a dotted module name (``da3stream.io.store.layout`` -> ``io``)."""
     parts = module.split(".")[1:]
+    if not parts:  # da3stream/__init__.py re-exports the exception root only
+        return "errors"
     for k in range(len(parts), 0, -1):
         name = ".".join(parts[:k])
         if name in rooms:
@@ -103,3 +105,20 @@ def test_the_checker_sees_a_forbidden_import(tmp_path):
 def test_the_lower_rooms_import_nothing_above_them(room):
     allowed = _rules()[room]
     assert not allowed & {"streaming", "io", "synthetic", "viewer", "bench", "cli", "demo"}, allowed
+
+
+@pytest.mark.parametrize("module, forbidden", [
+    ("da3stream.streaming.loops.index", ("da3stream.streaming.pipeline", "da3stream.io", "da3stream.core")),
+    ("da3stream.alignment.registration", ("da3stream.streaming", "da3stream.io", "da3stream.core")),
+    ("da3stream.core.da3_predictor", ("da3stream.synthetic", "da3stream.streaming", "da3stream.io")),
+    ("da3stream.streaming.pipeline", ("da3stream.synthetic", "da3stream.viewer", "da3stream.bench")),
+])
+def test_importing_a_room_loads_nothing_above_it(module, forbidden):
+    """At run time too (package __init__ files included): a fresh interpreter imports ``module`` alone."""
+    import subprocess
+    import sys
+
+    code = f"import sys, {module}; print('\\n'.join(sorted(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True).stdout
+    loaded = [m for m in out.split() if m.startswith(forbidden)]
+    assert not loaded, f"importing {module} loads {loaded}"

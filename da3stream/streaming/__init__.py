@@ -11,6 +11,14 @@ predict-ahead thread and ``writer.py`` the async store writer.
 the entry point other tools use.
 """
 
-from da3stream.streaming.pipeline import RunSummary, reconstruct
-
 __all__ = ["RunSummary", "reconstruct"]
+
+
+def __getattr__(name: str):
+    """``reconstruct`` and ``RunSummary`` load the pipeline on first use, so importing a
+    lower piece (the place index, a stage) does not import the whole run."""
+    if name in __all__:
+        from da3stream.streaming import pipeline
+
+        return getattr(pipeline, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

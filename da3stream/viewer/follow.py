@@ -217,22 +217,10 @@ class StoreFollower:
             log.warning("%s (for %.0f s)", msg, now - self._error_since)
 
     def _poll(self, store: RunStore) -> Optional[StoreUpdate]:
-        commit = store.committed
-        created = self._identity(store)
-        reset = False
-        recreated = created != self._created or int(commit["id"]) < self._commit_id or \
-            int(commit["n_frames"]) < self._n_frames
-        if self._created is not None and recreated:
-            log.info("%s: the store was recreated; starting over", self.path)
-            self._store = None
-            self._reset_state()
-            store = self._open()
-            if store is None:
-                return None
-            commit, created = store.committed, self._identity(store)
-            reset = True
-        if int(commit["id"]) == self._commit_id and not reset:
+        store, reset = self._check_recreated(store)
+        if store is None or (int(store.committed["id"]) == self._commit_id and not reset):
             return None
+        created = self._identity(store)
         status = store.status  # read before the snapshot: a "complete" status then comes with the final commit
         snap = store.snapshot()
         commit = snap.committed
@@ -241,25 +229,10 @@ class StoreFollower:
         n_chunks, n_frames = int(chunks["frame_start"].shape[0]), int(frames["index"].shape[0])
         wfc = chunks["world_from_chunk"]
         new_chunks = tuple(range(self._n_chunks, n_chunks))
-        clouds: dict[int, ChunkCloud] = {}
-        for k in new_chunks:
-            xyz, rgb = self._chunk_points(chunks, k, commit)
-            if self._voxel is None and xyz.shape[0]:
-                self._extent = robust_extent(xyz) * float(wfc[k][0])
-                if self._extent > 0:
-                    self._voxel = self._extent / float(self.options.voxel_divisions)
-            voxel_chunk = None if self._voxel is None else self._voxel / float(wfc[k][0])
-            clouds.update(self._budget.add(k, xyz, rgb, voxel_chunk))
-        if self._extent == 0.0 and n_chunks and self._voxel is not None:
-            self._extent = self._voxel * float(self.options.voxel_divisions)
+        clouds = self._new_clouds(chunks, new_chunks, commit, wfc)
         poses_changed = self._pose_epoch >= 0 and int(commit["pose_epoch"]) != self._pose_epoch
         latest = self._latest(snap, frames) if n_frames > self._n_frames else None
-
-        loops = snap.loops_table()
-        cands = snap.candidates_table()
-        accepted = np.stack([loops["frame_i"], loops["frame_j"]], axis=1).astype(np.int64)
-        rej = ~np.asarray(cands["accepted"], bool)
-        rejected = np.stack([cands["frame_i"][rej], cands["frame_j"][rej]], axis=1).astype(np.int64)
+        accepted, rejected = _loop_pairs(snap)
         seg = chunks["segment"].astype(np.int32)
         frame_chunk = frames["chunk_id"].astype(np.int32)
         first_row = np.where(chunks["n_new"] > 0, chunks["frame_stop"] - chunks["n_new"], -1).astype(np.int64)
@@ -280,10 +253,38 @@ class StoreFollower:
             reset=reset, commit=dict(commit), status=status, clouds=clouds, world_from_chunk=wfc,
             world_from_cam=frames["world_from_cam"], frame_chunk=frame_chunk,
             frame_segment=seg[frame_chunk] if n_frames else np.zeros(0, np.int32), chunk_first_row=first_row,
-            chunk_status=chunks["status"].astype(np.int8), loops_accepted=accepted.reshape(-1, 2),
-            loops_rejected=rejected.reshape(-1, 2), poses_changed=poses_changed, new_chunks=new_chunks, latest=latest,
+            chunk_status=chunks["status"].astype(np.int8), loops_accepted=accepted,
+            loops_rejected=rejected, poses_changed=poses_changed, new_chunks=new_chunks, latest=latest,
             voxel=self._voxel, extent=self._extent, fov_y=fov_y, aspect=aspect, counts=counts,
         )
+
+    def _check_recreated(self, store: RunStore) -> tuple[Optional[RunStore], bool]:
+        """``(store, reset)``: a store recreated since the last poll (new identity, fewer commits or
+        frames) starts the follower over on the new one (None while it cannot be opened yet)."""
+        commit = store.committed
+        recreated = self._identity(store) != self._created or int(commit["id"]) < self._commit_id or \
+            int(commit["n_frames"]) < self._n_frames
+        if self._created is None or not recreated:
+            return store, False
+        log.info("%s: the store was recreated; starting over", self.path)
+        self._store = None
+        self._reset_state()
+        return self._open(), True
+
+    def _new_clouds(self, chunks: dict, new_chunks: tuple, commit: dict, wfc: np.ndarray) -> dict[int, ChunkCloud]:
+        """The decimated point clouds of the chunks committed since the last poll (fixes the voxel on the first)."""
+        clouds: dict[int, ChunkCloud] = {}
+        for k in new_chunks:
+            xyz, rgb = self._chunk_points(chunks, k, commit)
+            if self._voxel is None and xyz.shape[0]:
+                self._extent = robust_extent(xyz) * float(wfc[k][0])
+                if self._extent > 0:
+                    self._voxel = self._extent / float(self.options.voxel_divisions)
+            voxel_chunk = None if self._voxel is None else self._voxel / float(wfc[k][0])
+            clouds.update(self._budget.add(k, xyz, rgb, voxel_chunk))
+        if self._extent == 0.0 and len(chunks["frame_start"]) and self._voxel is not None:
+            self._extent = self._voxel * float(self.options.voxel_divisions)
+        return clouds
 
     # ------------------------------------------------------------------ reads
     def _chunk_points(self, chunks: dict, k: int, commit: dict) -> tuple[np.ndarray, np.ndarray]:
@@ -304,6 +305,16 @@ class StoreFollower:
         rgb = np.asarray(snap.rgb(row)) if snap.has_rgb else None
         return LatestFrame(row=row, index=int(frames["index"][row]), timestamp=float(frames["timestamp"][row]), rgb=rgb,
                            depth_rgb=colorize_depth(depth, percentiles=tuple(self.options.depth_percentiles)))
+
+
+def _loop_pairs(snap) -> tuple[np.ndarray, np.ndarray]:
+    """(accepted, rejected) loop frame pairs, each (L, 2) int64."""
+    loops = snap.loops_table()
+    cands = snap.candidates_table()
+    accepted = np.stack([loops["frame_i"], loops["frame_j"]], axis=1).astype(np.int64)
+    rej = ~np.asarray(cands["accepted"], bool)
+    rejected = np.stack([cands["frame_i"][rej], cands["frame_j"][rej]], axis=1).astype(np.int64)
+    return accepted.reshape(-1, 2), rejected.reshape(-1, 2)
 
 
 def _field_of_view(intrinsics: np.ndarray, image_hw: Any) -> tuple[float, float]:
