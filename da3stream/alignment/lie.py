@@ -28,8 +28,9 @@ take and return the parts ``(s (...,), R (..., 3, 3), t (..., 3))``.
 
 These are the project's only SO(3) / Sim(3) maps (the simulator uses them too).
 pypose was a declared dependency for this and was dropped, measured against
-this module (CPU, float64, 2 shared cores, 2026-12-04; pypose 0.9.5, torch
-2.13; median of 5 calls; pypose's sim3 tangent has the same order):
+this module with ``python -m da3stream.bench lie`` (CPU, float64, 2 shared
+cores, 2026-12-04; pypose 0.9.5, torch 2.13; median of 5 calls; pypose's sim3
+tangent has the same order):
 
     batch        1,000: exp / log / act        100,000: exp / log / act
     lie.py       0.28 / 0.86 / 0.02 ms         109 / 204 / 1.7 ms

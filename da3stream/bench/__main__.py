@@ -18,6 +18,7 @@ SUBCOMMANDS = {
     "bag": "ROS bag / MCAP reading rate and peak memory while streaming",
     "killresume": "SIGKILL a run at random moments, resume it, compare with the uninterrupted run",
     "memory": "CPU memory model vs measured peak RSS, with the CPU, BLAS kernels and allocator it ran on",
+    "lie": "Sim(3) Exp/Log/action: alignment.lie vs pypose (when installed)",
     "registration": "window registration time at the pipeline's correspondence counts",
 }
 
