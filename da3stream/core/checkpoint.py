@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from da3stream.core.network.presets import OFFICIAL_NAMES
 from da3stream.errors import CheckpointError
 
 logger = logging.getLogger(__name__)
@@ -34,16 +35,9 @@ logger = logging.getLogger(__name__)
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 KEY_PREFIX = "model."
-HUB_IDS = {
-    "da3-small": "depth-anything/DA3-SMALL",
-    "da3-base": "depth-anything/DA3-BASE",
-    "da3-large": "depth-anything/DA3-LARGE",
-    "da3-giant": "depth-anything/DA3-GIANT",
-    "da3mono-large": "depth-anything/DA3MONO-LARGE",
-    "da3metric-large": "depth-anything/DA3METRIC-LARGE",
-    "da3nested-giant-large": "depth-anything/DA3NESTED-GIANT-LARGE",
-}
-"""Official model_name -> Hugging Face repository (``-1.1`` revisions exist for some)."""
+HUB_IDS = {name: f"depth-anything/{name.upper()}" for name in OFFICIAL_NAMES.values()}
+"""Official model_name -> Hugging Face repository, e.g. ``da3-large`` -> ``depth-anything/DA3-LARGE``
+(the names come from the one table in :mod:`da3stream.core.network.presets`; ``-1.1`` revisions exist for some)."""
 _HUB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _HASH_CHUNK = 1 << 22
 
