@@ -111,6 +111,16 @@ def invert_rigid(a_from_b: np.ndarray) -> np.ndarray:
     return out
 
 
+def rigid_defects(transforms: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """How far (N, 4, 4) transforms are from rigid: per transform the largest ``|R^T R - I|``
+    entry and ``det(R)``, and the largest deviation of any last row from ``[0, 0, 0, 1]``
+    (0.0 for N = 0). Callers decide the tolerance and the error to raise."""
+    R = transforms[..., :3, :3]
+    orth = np.abs(np.swapaxes(R, -1, -2) @ R - np.eye(3)).max(axis=(-2, -1))
+    last = np.abs(transforms[..., 3, :] - np.array([0.0, 0.0, 0.0, 1.0]))
+    return orth, np.linalg.det(R), float(last.max()) if last.size else 0.0
+
+
 def cam_from_world_3x4_to_world_from_cam(cam_from_world: np.ndarray) -> np.ndarray:
     """The one adapter from DA3's (N, 3, 4) ``cam_from_world`` to (N, 4, 4) ``world_from_cam``."""
     E = np.asarray(cam_from_world, dtype=np.float64)

@@ -39,7 +39,7 @@ from typing import Optional
 
 import numpy as np
 
-from da3stream.alignment.sim3 import cam_from_world_3x4_to_world_from_cam, invert_rigid
+from da3stream.alignment.sim3 import cam_from_world_3x4_to_world_from_cam, invert_rigid, rigid_defects
 from da3stream.alignment.umeyama import umeyama
 from da3stream.config import PoseConditioning
 from da3stream.core import preprocess as pp
@@ -162,11 +162,11 @@ def robust_umeyama_sim3(src: np.ndarray, dst: np.ndarray, cfg: PoseConditioning 
 
 
 def _check_rigid(name: str, M: np.ndarray, tol: float) -> None:
-    R = M[..., :3, :3]
-    err = np.abs(np.swapaxes(R, -1, -2) @ R - np.eye(3)).max() if len(M) else 0.0
+    orth, _, last = rigid_defects(M)
+    err = float(orth.max()) if orth.size else 0.0
     if not np.all(np.isfinite(M)) or err > tol:
         raise ShapeError(f"{name}: expected rigid (N, 4, 4) transforms, rotation orthonormality error {err:.3g}")
-    if np.abs(M[..., 3, :] - np.array([0.0, 0.0, 0.0, 1.0])).max() > tol:
+    if last > tol:
         raise ShapeError(f"{name}: last row must be [0, 0, 0, 1]")
 
 

@@ -27,6 +27,7 @@ from typing import Optional
 
 import numpy as np
 
+from da3stream.alignment.sim3 import rigid_defects
 from da3stream.errors import ConfigError, ShapeError, check_shape
 from da3stream.frozen import set_frozen
 
@@ -196,12 +197,11 @@ def conditioning_kwargs(prior: Optional[PosePrior], timestamps: np.ndarray, intr
 
 
 def _check_rigid(name: str, M: np.ndarray) -> None:
-    R = M[:, :3, :3]
-    err = np.abs(np.swapaxes(R, 1, 2) @ R - np.eye(3)).max(axis=(1, 2))
-    bad = np.flatnonzero((err > RIGID_TOL) | (np.linalg.det(R) <= 0))
+    err, det, last = rigid_defects(M)
+    bad = np.flatnonzero((err > RIGID_TOL) | (det <= 0))
     if bad.size:
         raise ConfigError(f"{name}: pose {int(bad[0])} is not a rigid transform (|R^T R - I| = {err[bad[0]]:.3g})")
-    if np.abs(M[:, 3, :] - np.array([0.0, 0.0, 0.0, 1.0])).max() > 0:
+    if last > 0:
         raise ConfigError(f"{name}: a pose's last row is not [0, 0, 0, 1]")
 
 
