@@ -22,13 +22,14 @@ import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from da3stream.errors import ConfigError, Da3StreamError
+from da3stream.errors import ConfigError, Da3StreamError, ExportError, StoreError
 
 log = logging.getLogger("da3stream.cli")
 
 SUBCOMMANDS = ("export", "eval", "view", "report")
 EXIT_INTERRUPTED = 130
 EXIT_INTERNAL = 70
+DEFAULT_REPORT = "report.html"
 
 
 def _parse_value(text: str) -> Any:
@@ -101,7 +102,9 @@ def _report_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="run_stream.py report", description="Write a self-contained HTML report of a run.")
     p.add_argument("store", help="run store (RUN.zarr)")
     p.add_argument("--gt", help="ground-truth TUM trajectory (adds ATE over time)")
-    p.add_argument("--out", default="report.html", help="HTML file to write")
+    p.add_argument("--out", help="HTML file to write (replaced if it exists; default: ./report.html, which is "
+                   "never replaced unless --overwrite)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing ./report.html when --out is not given")
     p.add_argument("--png-dir", help="also write the plots as PNG files here")
     p.add_argument("--max-diff", type=float, default=0.01, help="timestamp association tolerance in seconds")
     p.add_argument("--previews", type=int, default=6, help="frames with depth/confidence previews")
@@ -340,7 +343,12 @@ def _cmd_report(argv: Sequence[str]) -> int:
     _setup_logging(args)
     from da3stream.io.evaluation.report import write_report
 
-    res = write_report(args.store, args.out, gt_tum=args.gt, png_dir=args.png_dir, max_diff=args.max_diff,
+    out = args.out
+    if out is None:
+        out = DEFAULT_REPORT
+        if Path(out).exists() and not args.overwrite:
+            raise ExportError(f"{out}: exists; pass --overwrite to replace it or --out FILE to write elsewhere")
+    res = write_report(args.store, out, gt_tum=args.gt, png_dir=args.png_dir, max_diff=args.max_diff,
                        n_previews=args.previews)
     _emit({"report": {"html": res["html"], "sections": ", ".join(res["sections"]), "png": res["png"] or None}}, args)
     return 0

@@ -148,11 +148,27 @@ class WriterLock:
         except OSError:
             os.close(fd)
             return False
+        try:  # the file may have been unlinked by a writer that finished meanwhile: then it is not the lock
+            same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+        except OSError:
+            same = False
+        if not same:
+            os.close(fd)
+            return self.acquire()
         self._fd = fd
         return True
 
     def release(self) -> None:
+        """Remove the lock file (still holding the lock, so no other writer holds it), then drop the lock.
+
+        A finished store keeps no lock file (zarr would warn about the stray file on open);
+        a killed writer leaves it behind, and the next writer takes it over.
+        """
         if self._fd is not None:
+            try:
+                os.unlink(self.path)
+            except OSError:
+                pass
             os.close(self._fd)
             self._fd = None
 

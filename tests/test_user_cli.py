@@ -1,0 +1,80 @@
+"""What a user meets first on the command line (issue 13): random-weight presets, an honest progress bar,
+output-path errors before the model loads, warnings instead of silent degradation, no leftovers."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from da3stream.errors import StoreError
+from da3stream.io.store import RunStore
+from da3stream.io.store.zarr_util import LOCK_NAME, WriterLock
+from da3stream.streaming.pipeline import reconstruct
+from tests.test_faults import CFG, Wrapped, frames_of, interrupt_at, run_cli, sim
+from tests.test_faults import seq  # noqa: F401 - the module's fixture
+
+
+# --------------------------------------------------------------------------- item 7: the writer lock
+
+
+def test_the_writer_lock_exists_while_running_and_is_removed_when_the_run_completes(tmp_path, seq):
+    out = tmp_path / "r.zarr"
+    seen = []
+
+    def progress(info):
+        seen.append((out / LOCK_NAME).exists())
+        assert not WriterLock(out).acquire()  # a second writer is refused while the run holds it
+
+    reconstruct(frames_of(seq), out, predictor=sim(seq), config=CFG, progress=progress)
+    assert seen and all(seen)
+    assert not (out / LOCK_NAME).exists()
+    assert RunStore.open(out).status == "complete"
+
+
+def test_the_writer_lock_is_removed_after_an_interrupted_and_a_failed_run(tmp_path, seq):
+    out = tmp_path / "i.zarr"
+    with pytest.raises(KeyboardInterrupt):
+        reconstruct(frames_of(seq), out, predictor=Wrapped(sim(seq), interrupt_at(3)), config=CFG)
+    assert not (out / LOCK_NAME).exists()
+
+    def fail(batch, call, pred):
+        if call == 3:
+            raise StoreError("injected")
+
+    out2 = tmp_path / "f.zarr"
+    with pytest.raises(StoreError):
+        reconstruct(frames_of(seq), out2, predictor=Wrapped(sim(seq), fail), config=CFG)
+    assert not (out2 / LOCK_NAME).exists()
+    s = reconstruct(frames_of(seq), out2, predictor=sim(seq), config=CFG, resume=True)  # resume still works
+    assert s.status == "complete" and not (out2 / LOCK_NAME).exists()
+
+
+def test_a_lock_file_left_by_a_killed_writer_is_taken_over(tmp_path):
+    (tmp_path / LOCK_NAME).write_text("")
+    lock = WriterLock(tmp_path)
+    assert lock.acquire()
+    lock.release()
+    assert not (tmp_path / LOCK_NAME).exists()
+
+
+# --------------------------------------------------------------------------- item 7: report never replaces ./report.html
+
+
+@pytest.fixture(scope="module")
+def store(seq, tmp_path_factory):
+    out = tmp_path_factory.mktemp("store") / "s.zarr"
+    reconstruct(frames_of(seq), out, predictor=sim(seq), config=CFG)
+    return out
+
+
+def test_report_without_out_refuses_to_replace_report_html_unless_overwrite(store, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "report.html").write_text("mine")
+    rc, err = run_cli(["report", store, "--quiet"], capsys)
+    assert rc == 8 and len(err) == 1 and "report.html" in err[0] and "--overwrite" in err[0], err
+    assert (tmp_path / "report.html").read_text() == "mine"
+    assert run_cli(["report", store, "--quiet", "--overwrite"], capsys)[0] == 0
+    assert (tmp_path / "report.html").read_text().startswith("<!")
+    assert run_cli(["report", store, "--quiet", "--out", tmp_path / "report.html"], capsys)[0] == 0  # named: replaced
