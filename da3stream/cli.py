@@ -44,10 +44,12 @@ def _parse_value(text: str) -> Any:
 def _run_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="run_stream.py",
-        description="Streaming reconstruction of a video or image folder with Depth Anything 3. "
-        "Subcommands: export, eval, report, view (e.g. 'run_stream.py export -h').",
+        description="Streaming reconstruction of a video, an image folder or a robot log (ROS 1 bag, ROS 2 bag, "
+        "MCAP) with Depth Anything 3. Subcommands: export, eval, report, view (e.g. 'run_stream.py export -h').",
     )
-    p.add_argument("source", nargs="?", help="video file, image folder")
+    p.add_argument("source", nargs="?",
+                   help="video file (anything PyAV/FFmpeg decodes), image folder (or one image), ROS 1 .bag file, "
+                   "ROS 2 bag folder (sqlite3 or mcap storage, with metadata.yaml), .mcap or .db3 file")
     p.add_argument("--out", help="output Zarr store (directory)")
     p.add_argument("--config", help="YAML config (see configs/)")
     p.add_argument("--model", help="DA3 checkpoint directory or hub id (e.g. depth-anything/DA3-LARGE)")
@@ -62,7 +64,8 @@ def _run_parser() -> argparse.ArgumentParser:
     p.add_argument("--fps", type=float, help="subsample the source to this frame rate")
     p.add_argument("--stride", type=int, help="keep every N-th frame")
     p.add_argument("--max-frames", type=int, help="stop after this many frames")
-    p.add_argument("--topic", help="image topic of a ROS bag / MCAP source")
+    p.add_argument("--topic", help="ROS bag / MCAP sources: the sensor_msgs Image or CompressedImage topic to read "
+                   "(default: the only image topic; with several, the error lists them); an error for other sources")
     p.add_argument("--intrinsics", help="known camera: fx,fy,cx,cy[,k1,k2,p1,p2] or a calibration YAML (frames are undistorted)")
     p.add_argument("--poses", help="TUM file of known poses for pose-conditioned DA3 inference")
     p.add_argument("--no-loop", action="store_true", help="disable loop closure")

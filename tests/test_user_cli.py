@@ -78,3 +78,16 @@ def test_report_without_out_refuses_to_replace_report_html_unless_overwrite(stor
     assert run_cli(["report", store, "--quiet", "--overwrite"], capsys)[0] == 0
     assert (tmp_path / "report.html").read_text().startswith("<!")
     assert run_cli(["report", store, "--quiet", "--out", tmp_path / "report.html"], capsys)[0] == 0  # named: replaced
+
+
+# --------------------------------------------------------------------------- item 9: the main help names every source
+
+
+def test_main_help_names_bags_mcap_and_what_topic_does(capsys):
+    from da3stream.cli import _run_parser
+
+    text = " ".join(_run_parser().format_help().split())
+    for word in ("ROS 1", "ROS 2", "MCAP", ".mcap", "image folder", "video file"):
+        assert word in text, word
+    topic = text[text.index("--topic TOPIC"):][:300]
+    assert "image topic" in topic and "default" in topic, topic
