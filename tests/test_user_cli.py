@@ -89,5 +89,5 @@ def test_main_help_names_bags_mcap_and_what_topic_does(capsys):
     text = " ".join(_run_parser().format_help().split())
     for word in ("ROS 1", "ROS 2", "MCAP", ".mcap", "image folder", "video file"):
         assert word in text, word
-    topic = text[text.index("--topic TOPIC"):][:300]
+    topic = text[text.rindex("--topic TOPIC"):][:300]
     assert "image topic" in topic and "default" in topic, topic
