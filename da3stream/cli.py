@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from da3stream.errors import ConfigError, Da3StreamError, ExportError, StoreError
+from da3stream.errors import ConfigError, Da3StreamError, ExportError
 
 log = logging.getLogger("da3stream.cli")
 
@@ -240,9 +240,11 @@ def _cmd_run(argv: Sequence[str]) -> int:
     if not args.out:
         raise ConfigError("--out RUN.zarr is required")
     from da3stream.config import load_config
+    from da3stream.io.store.paths import check_out_path
     from da3stream.streaming.pipeline import reconstruct
 
     cfg = load_config(args.config, config_overrides(args))
+    check_out_path(args.out, resume=args.resume, overwrite=args.overwrite)  # before the source and any model
     viewer = None
     if args.view:
         from da3stream.viewer import LiveViewer
@@ -251,7 +253,8 @@ def _cmd_run(argv: Sequence[str]) -> int:
         print(f"viewer: {viewer.url}", file=sys.stderr)
     bar = _Progress(not (args.quiet or args.json), cfg.source.max_frames)
     try:
-        summary = reconstruct(args.source, args.out, config=cfg, resume=args.resume, progress=bar, overwrite=args.overwrite)
+        summary = reconstruct(args.source, args.out, config=cfg, resume=args.resume, progress=bar,
+                              overwrite=args.overwrite)
     except BaseException:
         if viewer is not None:
             viewer.stop()

@@ -91,3 +91,82 @@ def test_main_help_names_bags_mcap_and_what_topic_does(capsys):
         assert word in text, word
     topic = text[text.rindex("--topic TOPIC"):][:300]
     assert "image topic" in topic and "default" in topic, topic
+
+
+# --------------------------------------------------------------------------- items 3-6: the run command
+
+from tests.test_faults import png_folder  # noqa: E402,F401 - the module's fixture
+
+QUICK = ["--chunk-size", "16", "--overlap", "4", "--no-loop", "--set", "fusion.pixel_stride=8"]
+
+
+@pytest.fixture
+def cli_sim(monkeypatch, seq):
+    """The CLI runs the simulated predictor; ``calls`` counts the model loads."""
+    from da3stream.streaming import pipeline
+
+    calls = []
+
+    def resolve(predictor, cfg):
+        calls.append(cfg.model.id)
+        return predictor if predictor is not None else sim(seq)
+
+    monkeypatch.setattr(pipeline, "_resolve_predictor", resolve)
+    return calls
+
+
+def test_out_that_is_an_existing_file_fails_before_the_model_loads(tmp_path, png_folder, cli_sim, capsys):
+    out = tmp_path / "r.zarr"
+    out.write_text("not a store")
+    rc, err = run_cli([png_folder, "--out", out, "--quiet"], capsys)
+    assert rc == 5 and len(err) == 1 and str(out) in err[0] and "existing file" in err[0], err
+    assert cli_sim == [] and out.read_text() == "not a store"
+
+
+def test_out_that_is_a_non_store_directory_is_named_not_a_store(tmp_path, png_folder, cli_sim, capsys):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep")
+    for extra in ([], ["--overwrite"]):
+        rc, err = run_cli([png_folder, "--out", out, "--quiet"] + extra, capsys)
+        assert rc == 5 and len(err) == 1 and "not a da3stream store" in err[0], err
+    assert cli_sim == [] and (out / "notes.txt").read_text() == "keep"
+
+
+def test_out_in_a_read_only_directory_fails_before_the_model_loads(tmp_path, png_folder, cli_sim, capsys):
+    if os.geteuid() == 0:
+        pytest.skip("root ignores directory permissions (the check itself: test_unwritable_out_is_refused)")
+    out = tmp_path / "ro"
+    out.mkdir()
+    out.chmod(0o500)
+    try:
+        rc, err = run_cli([png_folder, "--out", out, "--quiet"], capsys)
+    finally:
+        out.chmod(0o700)
+    assert rc == 5 and len(err) == 1 and "not writable" in err[0], err
+    assert cli_sim == []
+
+
+def test_unwritable_out_is_refused(tmp_path, monkeypatch):
+    from da3stream.io.store import paths
+
+    empty, missing = tmp_path / "ro", tmp_path / "ro" / "new.zarr"
+    empty.mkdir()
+    paths.check_out_path(empty)
+    paths.check_out_path(missing)
+    monkeypatch.setattr(paths.os, "access", lambda p, mode: False)
+    with pytest.raises(StoreError, match="not writable"):
+        paths.check_out_path(empty)
+    with pytest.raises(StoreError, match="not writable"):
+        paths.check_out_path(missing)
+
+
+def test_resume_where_no_store_is_says_to_drop_resume(tmp_path, png_folder, cli_sim, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for out in (tmp_path / "missing.zarr", empty):
+        rc, err = run_cli([png_folder, "--out", out, "--resume", "--quiet"], capsys)
+        assert rc == 5 and len(err) == 1 and "drop --resume" in err[0], err
+    assert cli_sim == [] and not (tmp_path / "missing.zarr").exists()
+    (empty / LOCK_NAME).write_text("")  # what a writer killed before its first commit leaves: resume starts over
+    assert run_cli([png_folder, "--out", empty, "--resume"] + QUICK + ["--quiet"], capsys)[0] == 0
