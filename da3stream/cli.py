@@ -52,7 +52,9 @@ def _run_parser() -> argparse.ArgumentParser:
                    "ROS 2 bag folder (sqlite3 or mcap storage, with metadata.yaml), .mcap or .db3 file")
     p.add_argument("--out", help="output Zarr store (directory)")
     p.add_argument("--config", help="YAML config (see configs/)")
-    p.add_argument("--model", help="DA3 checkpoint directory or hub id (e.g. depth-anything/DA3-LARGE)")
+    p.add_argument("--model", help="DA3 checkpoint directory or hub id (e.g. depth-anything/DA3-LARGE), or "
+                   "random-<preset> (random-small, random-base, random-large, random-giant, ...): the network with "
+                   "RANDOM weights, to try the tool without a download (results are meaningless)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last committed window")
     p.add_argument("--overwrite", action="store_true", help="replace an existing store at --out")
     p.add_argument("--demo", action="store_true", help="render a synthetic world and reconstruct it with the simulated predictor")
@@ -223,6 +225,18 @@ class _Progress:
             self.bar.close()
 
 
+def _random_model(cfg):
+    """The predictor of ``--model random-<preset>`` (a DA3 network with RANDOM weights, logged as such), else None."""
+    model_id = cfg.model.id
+    if not (isinstance(model_id, str) and model_id.startswith("random-")):
+        return None
+    from da3stream.core import random_predictor
+
+    m = cfg.model
+    return random_predictor(model_id[len("random-"):], seed=cfg.seed, device=m.device, dtype=m.dtype,
+                            process_res=m.process_res, process_res_method=m.process_res_method)
+
+
 def _cmd_run(argv: Sequence[str]) -> int:
     args = _run_parser().parse_args(argv)
     _setup_logging(args)
@@ -245,6 +259,7 @@ def _cmd_run(argv: Sequence[str]) -> int:
 
     cfg = load_config(args.config, config_overrides(args))
     check_out_path(args.out, resume=args.resume, overwrite=args.overwrite)  # before the source and any model
+    predictor = _random_model(cfg)
     viewer = None
     if args.view:
         from da3stream.viewer import LiveViewer
@@ -253,7 +268,7 @@ def _cmd_run(argv: Sequence[str]) -> int:
         print(f"viewer: {viewer.url}", file=sys.stderr)
     bar = _Progress(not (args.quiet or args.json), cfg.source.max_frames)
     try:
-        summary = reconstruct(args.source, args.out, config=cfg, resume=args.resume, progress=bar,
+        summary = reconstruct(args.source, args.out, predictor=predictor, config=cfg, resume=args.resume, progress=bar,
                               overwrite=args.overwrite)
     except BaseException:
         if viewer is not None:

@@ -115,6 +115,28 @@ def cli_sim(monkeypatch, seq):
     return calls
 
 
+def test_model_random_small_runs_from_the_cli_and_is_labelled_random(tmp_path, png_folder, caplog, capsys):
+    out = tmp_path / "r.zarr"
+    args = [png_folder, "--out", out, "--model", "random-small", "--max-frames", "10", "--chunk-size", "6",
+            "--overlap", "2", "--no-loop", "--no-keyframes", "--quiet", "--set", "model.process_res=56",
+            "--set", "model.device=cpu", "--set", "fusion.pixel_stride=8"]
+    with caplog.at_level("WARNING"):
+        rc, err = run_cli(args, capsys)
+    assert rc == 0, err
+    assert any("RANDOM" in r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+    st = RunStore.open(out)
+    assert st.status == "complete" and st.n_frames == 10
+    assert st.model["weights_random"] is True and st.model["id"].startswith("random:small")
+
+
+def test_no_model_error_names_the_download_command_and_model_dir(tmp_path, png_folder, capsys):
+    rc, err = run_cli([png_folder, "--out", tmp_path / "r.zarr", "--quiet"], capsys)
+    assert rc == 2 and len(err) == 1, err
+    assert "huggingface-cli download depth-anything/DA3-LARGE --local-dir checkpoints/DA3-LARGE" in err[0]
+    assert "--model" in err[0] and "predictor=" not in err[0]
+    assert not (tmp_path / "r.zarr").exists()
+
+
 def test_out_that_is_an_existing_file_fails_before_the_model_loads(tmp_path, png_folder, cli_sim, capsys):
     out = tmp_path / "r.zarr"
     out.write_text("not a store")

@@ -52,7 +52,9 @@ def _resolve_predictor(predictor: Optional[Predictor], cfg: Config) -> Predictor
             raise ConfigError(f"predictor {type(predictor).__name__} has no predict(batch) method")
         return predictor
     if cfg.model.id is None:
-        raise ConfigError("no predictor: pass predictor=..., set model.id, or use --model ID|DIR (or --demo)")
+        raise ConfigError("no model: download one (huggingface-cli download depth-anything/DA3-LARGE --local-dir "
+                          "checkpoints/DA3-LARGE) and pass --model checkpoints/DA3-LARGE, or try --model random-small "
+                          "(random weights) or --demo")
     from da3stream.core import load_predictor
 
     m = cfg.model
