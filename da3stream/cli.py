@@ -201,7 +201,7 @@ def _setup_logging(args: argparse.Namespace) -> None:
 
 
 class _Progress:
-    """tqdm bar: frames/s and windows aligned (CLI only)."""
+    """tqdm bar (CLI only): source frames read out of the source's total, keyframes kept, windows, loops, ETA."""
 
     def __init__(self, enabled: bool, total: Optional[int]) -> None:
         self.bar = None
@@ -215,14 +215,38 @@ class _Progress:
         if self.enabled and self.bar is None:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=self.total, unit="frame", dynamic_ncols=True, desc="reconstructing", file=sys.stderr)
+            self.bar = tqdm(total=self.total, unit="frame", dynamic_ncols=True, desc="source frames read",
+                            file=sys.stderr)
         if self.bar is not None:
-            self.bar.update(int(info.get("frames", 0)))
-            self.bar.set_postfix(windows=self.windows, gated=self.gated, loops=info.get("loops", 0), refresh=False)
+            read = info.get("read")
+            self.bar.update(int(info.get("frames", 0)) if read is None else max(0, int(read) - self.bar.n))
+            self.bar.set_postfix(keyframes=info.get("keyframes", "?"), windows=self.windows, gated=self.gated,
+                                 loops=info.get("loops", 0), refresh=False)
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+def _source_total(source: str, cfg) -> Optional[int]:
+    """Frames the run will read from ``source`` (the container's or folder's count after stride, fps and
+    max_frames), or None when unknown. Opening the source here also fails a bad one before a model loads."""
+    import math
+
+    from da3stream.io.sources import open_source, source_options
+
+    with open_source(source, **source_options(cfg.source)) as src:
+        desc = src.describe()
+    n, rate = desc.get("n_frames"), desc.get("fps")
+    if not n and desc.get("duration") and rate:
+        n = int(round(float(desc["duration"]) * float(rate)))
+    if not n:
+        return cfg.source.max_frames
+    n_source = int(n)
+    n = math.ceil(n_source / int(cfg.source.stride or 1))
+    if cfg.source.fps and rate:
+        n = min(n, math.ceil(n_source * float(cfg.source.fps) / float(rate)))
+    return n if cfg.source.max_frames is None else min(n, int(cfg.source.max_frames))
 
 
 def _random_model(cfg):
@@ -259,6 +283,7 @@ def _cmd_run(argv: Sequence[str]) -> int:
 
     cfg = load_config(args.config, config_overrides(args))
     check_out_path(args.out, resume=args.resume, overwrite=args.overwrite)  # before the source and any model
+    total = _source_total(args.source, cfg)
     predictor = _random_model(cfg)
     viewer = None
     if args.view:
@@ -266,7 +291,7 @@ def _cmd_run(argv: Sequence[str]) -> int:
 
         viewer = LiveViewer(args.out, _viewer_options(args)).start(follow=True, wait_for_store=True)
         print(f"viewer: {viewer.url}", file=sys.stderr)
-    bar = _Progress(not (args.quiet or args.json), cfg.source.max_frames)
+    bar = _Progress(not (args.quiet or args.json), total)
     try:
         summary = reconstruct(args.source, args.out, predictor=predictor, config=cfg, resume=args.resume, progress=bar,
                               overwrite=args.overwrite)

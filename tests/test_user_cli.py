@@ -137,6 +137,28 @@ def test_no_model_error_names_the_download_command_and_model_dir(tmp_path, png_f
     assert not (tmp_path / "r.zarr").exists()
 
 
+def test_progress_counts_source_frames_read_against_the_folder_total(tmp_path, png_folder, cli_sim, capsys):
+    rc, err = run_cli([png_folder, "--out", tmp_path / "r.zarr", "--max-frames", "40"] + QUICK, capsys)
+    assert rc == 0
+    text = "\n".join(err)
+    assert "40/40" in text and "keyframes=" in text and "windows=" in text and "loops=" in text, text[-400:]
+    rc, err = run_cli([png_folder, "--out", tmp_path / "all.zarr"] + QUICK, capsys)
+    assert rc == 0 and "60/60" in "\n".join(err)  # keyframes are fewer: the bar still ends at 100 %
+
+
+def test_a_video_gets_its_total_from_the_container(tmp_path, seq):
+    from da3stream.cli import _source_total
+    from da3stream.config import load_config
+    from da3stream.io.sources.video_write import write_video
+
+    video = tmp_path / "v.mp4"
+    write_video(video, [seq.rgb(i) for i in range(30)], 10.0)
+    assert _source_total(str(video), load_config(None)) == 30
+    assert _source_total(str(video), load_config(None, {"source.stride": 4})) == 8
+    assert _source_total(str(video), load_config(None, {"source.max_frames": 12})) == 12
+    assert _source_total(str(video), load_config(None, {"source.fps": 5.0})) == 15
+
+
 def test_out_that_is_an_existing_file_fails_before_the_model_loads(tmp_path, png_folder, cli_sim, capsys):
     out = tmp_path / "r.zarr"
     out.write_text("not a store")

@@ -206,7 +206,7 @@ class StreamingReconstructor:
         s.n_points, s.n_chunks, s.n_frames = state.n_points, window.chunk_id + 1, state.n_frames
         if self.progress is not None:
             self.progress({"frames": window.n_new, "chunk": window.chunk_id, "status": int(window.status),
-                           "loops": s.n_loops})
+                           "loops": s.n_loops, "read": s.n_read, "keyframes": s.n_keyframes})
 
     def _predict(self, frames: list[Frame]) -> Prediction:
         """The predictor stage (a method, so a subclass can watch the windows predicted)."""
@@ -422,7 +422,8 @@ def reconstruct(
         predictor: any object with ``predict(FrameBatch) -> Prediction``; None loads ``config.model.id``.
         config: a YAML path, a nested dict of overrides, or a :class:`~da3stream.config.Config`.
         resume: continue the run in ``out`` from its last committed window.
-        progress: called after every window with a small dict (frames, chunk, status, loops).
+        progress: called after every window with a small dict (frames, chunk, status, loops, read: source frames
+            read so far, keyframes: kept so far).
         overwrite: replace an existing store at ``out``.
     """
     runner = StreamingReconstructor(source, out, predictor=predictor, config=config, resume=resume,
