@@ -214,3 +214,60 @@ def test_resume_where_no_store_is_says_to_drop_resume(tmp_path, png_folder, cli_
     assert cli_sim == [] and not (tmp_path / "missing.zarr").exists()
     (empty / LOCK_NAME).write_text("")  # what a writer killed before its first commit leaves: resume starts over
     assert run_cli([png_folder, "--out", empty, "--resume"] + QUICK + ["--quiet"], capsys)[0] == 0
+
+
+# --------------------------------------------------------------------------- item 6: no silent degradation
+
+
+def _cut_video(tmp_path, seq, n=30):
+    """An mp4 with its index first (faststart), cut at 60 %: it opens, declares n frames and decodes fewer."""
+    import av
+
+    from da3stream.io.sources.video_write import write_video
+
+    full, fast, cut = tmp_path / "full.mp4", tmp_path / "fast.mp4", tmp_path / "cut.mp4"
+    write_video(full, [seq.rgb(i) for i in range(n)], 10.0)
+    with av.open(str(full)) as src, av.open(str(fast), "w", options={"movflags": "faststart"}) as dst:
+        stream = dst.add_stream_from_template(src.streams.video[0])
+        for packet in src.demux(src.streams.video[0]):
+            if packet.dts is not None:
+                packet.stream = stream
+                dst.mux(packet)
+    blob = fast.read_bytes()
+    cut.write_bytes(blob[: len(blob) * 6 // 10])
+    return cut
+
+
+def test_a_truncated_video_warns_and_is_recorded_in_the_store(tmp_path, seq, cli_sim, caplog, capsys):
+    cut = _cut_video(tmp_path, seq)
+    out = tmp_path / "r.zarr"
+    with caplog.at_level("WARNING"):
+        rc, err = run_cli([cut, "--out", out, "--quiet", "--no-keyframes"] + QUICK, capsys)
+    assert rc == 0, err
+    st = RunStore.open(out)
+    trunc = st.attrs_get("run")["source_truncated"]
+    assert trunc["declared"] == 30 and 0 < trunc["decoded"] < 30 and st.status == "complete"
+    assert any("declares 30 frames" in r.getMessage() for r in caplog.records)
+    # an intact video records nothing
+    full = tmp_path / "full.mp4"
+    assert run_cli([full, "--out", tmp_path / "ok.zarr", "--quiet"] + QUICK, capsys)[0] == 0
+    assert "source_truncated" not in RunStore.open(tmp_path / "ok.zarr").attrs_get("run")
+
+
+def test_frames_of_another_size_but_the_same_aspect_ratio_warn_once(tmp_path, seq, caplog):
+    import cv2
+
+    from da3stream.io.sources import open_source
+
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    for i in range(6):
+        im = seq.rgb(i)
+        if i in (2, 4):
+            im = cv2.resize(im, (im.shape[1] * 2, im.shape[0] * 2))
+        cv2.imwrite(str(folder / f"f{i:02d}.png"), np.ascontiguousarray(im[:, :, ::-1]))
+    with caplog.at_level("WARNING"), open_source(str(folder)) as src:
+        frames = list(src)
+    assert len(frames) == 6 and {f.image.shape for f in frames} == {seq.rgb(0).shape}
+    warned = [r.getMessage() for r in caplog.records if "resized" in r.getMessage()]
+    assert len(warned) == 1 and "128x96" in warned[0], warned

@@ -112,6 +112,7 @@ class StreamingReconstructor:
         self.ahead = None  # streaming/overlap.py PredictAhead while run() runs with predict_ahead
         self.planned_process_res: Optional[int] = None  # set when the memory planner lowers model.process_res
         self.source_desc: dict = {}
+        self.source_truncated: Optional[dict] = None
 
     # ------------------------------------------------------------------ the run
     def run(self) -> RunSummary:
@@ -169,6 +170,7 @@ class StreamingReconstructor:
             while self.scheduler.full(buffer, n_carry):  # windows (repeats only after an OOM retry)
                 buffer, n_carry = self._run_window(buffer, n_carry)
         self.source_log.record_skipped(src, None)
+        self.source_truncated = getattr(src, "truncated", None)  # a video that decoded fewer frames than declared
         self._flush(buffer, n_carry)
 
     def _process_window(self, frames: list[Frame], n_carry: int,
@@ -387,7 +389,8 @@ class StreamingReconstructor:
             store = self.store_stage.store if self.store_stage is not None else None
             if store is not None:
                 try:
-                    store.set_status(status, timings=self._timings(t_start))
+                    extra = {"source_truncated": self.source_truncated} if self.source_truncated else {}
+                    store.set_status(status, timings=self._timings(t_start), **extra)
                 except StoreError as exc:
                     if status == "complete":
                         raise

@@ -186,6 +186,7 @@ class FrameSource:
             w, h = self.source_size
             self._undistorter = Undistorter(calibration, (h, w), alpha=undistort_alpha, aspect_tolerance=aspect_tolerance)
         self._closers: list[Callable[[], None]] = []
+        self._warned_resize = False
 
     # -- subclasses -------------------------------------------------------------------------
 
@@ -309,6 +310,10 @@ class FrameSource:
                 skipped.append((rec.index, reason))
                 log.warning("%s: skipped frame %d: %s", self.name, rec.index, reason)
                 return None
+            if not self._warned_resize:  # once per source: a folder of mixed sizes would repeat it per frame
+                self._warned_resize = True
+                log.warning("%s: frame %d is %dx%d, the first frame %dx%d; frames of another size are resized to "
+                            "the first frame's (warned once)", self.name, rec.index, w, h, ref_w, ref_h)
         if self._undistorter is not None:
             image = self._undistorter.undistort(_images.resize_to(image, *self.source_size))
         image = _images.resize_to(image, *self.size)

@@ -38,15 +38,25 @@ class VideoSource(FrameSource):
 
     def __init__(self, path: str, *, thread_type: str = "AUTO", **options: Any) -> None:
         self.info = _video.probe_video(path)
+        self.truncated: Optional[dict] = None
+        """``{"declared": N, "decoded": M}`` after a pass that decoded fewer frames than the container declares."""
         self.thread_type = thread_type
         if self.info.rotation:
             log.warning("%s: the video asks for a %d-degree display rotation; frames are delivered unrotated", path, self.info.rotation)
         super().__init__(str(path), (self.info.width, self.info.height), **options)
 
     def _records(self) -> Iterator[FrameRecord]:
+        self.truncated = None
+        n_decoded = 0  # positions without an error (pre-roll positions of a resume included)
         for rec in _video.decode_video(self.name, start_index=self.start_index, thread_type=self.thread_type):
             load = None if rec.frame is None else partial(_video_frame_rgb, rec.frame)
+            n_decoded += rec.error is None
             yield FrameRecord(rec.index, rec.timestamp, load, rec.error)
+        declared = self.info.n_frames
+        if declared and n_decoded < declared:  # only at the natural end: a stop at max_frames never gets here
+            self.truncated = {"declared": int(declared), "decoded": int(n_decoded)}
+            log.warning("%s: the container declares %d frames but only %d could be decoded (truncated or damaged "
+                        "stream)", self.name, declared, n_decoded)
 
     def _extra_description(self) -> dict:
         i = self.info
