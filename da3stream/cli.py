@@ -122,6 +122,8 @@ def _export_parser() -> argparse.ArgumentParser:
     p.add_argument("--kitti", help="trajectory in KITTI format (3x4 row-major per line)")
     p.add_argument("--ply", help="fused point map as binary PLY (world frame)")
     p.add_argument("--voxel", type=float, default=None, help="voxel size for the PLY (world units)")
+    p.add_argument("--min-conf", type=float, default=None, metavar="C",
+                   help="PLY: drop map points whose fused confidence is below C (the predictor's confidence, higher = better)")
     p.add_argument("--colmap", metavar="DIR", help="COLMAP sparse model (cameras, images, points3D) into DIR")
     p.add_argument("--colmap-format", choices=("text", "bin"), default="bin", help="COLMAP model files: text or bin (default bin)")
     p.add_argument("--nerfstudio", metavar="DIR", help="nerfstudio transforms.json + images + depth into DIR (depth-grid resolution)")
@@ -299,7 +301,7 @@ def _exports(store: str, tum, kitti, ply, voxel, opts: Optional[argparse.Namespa
         written["depth"] = opts.depth
         written["depth_frames"] = export_depth(store, opts.depth, fmt=opts.depth_format, every=every)["frames"]
     if ply:
-        n = export.export_ply(store, ply, voxel=voxel)
+        n = export.export_ply(store, ply, voxel=voxel, min_conf=getattr(opts, "min_conf", None))
         written["ply"] = ply
         written["ply_points"] = int(n) if n is not None else None
     return {"exported": written} if written else {}
