@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 StoreLike = Union[RunStore, str, os.PathLike]
 
-__all__ = ["export_kitti", "export_ply", "export_tum", "full_trajectory", "pose_segments", "selected_points", "trajectory"]
+__all__ = ["export_kitti", "export_ply", "export_tum", "collect_points", "full_trajectory", "pose_segments", "selected_points", "trajectory"]
 
 
 @contextmanager
@@ -236,11 +236,18 @@ def export_ply(store_or_path: StoreLike, path: Union[str, os.PathLike], voxel: O
     return n
 
 
+def collect_points(store: RunStore, *, world: bool = True, min_conf: Optional[float] = None,
+                   max_points: Optional[int] = None) -> tuple[np.ndarray, np.ndarray]:
+    """All points of :func:`selected_points` in memory: ``(xyz (P, 3) float32, rgb (P, 3) uint8)``."""
+    blocks = list(selected_points(store, world=world, min_conf=min_conf, max_points=max_points))
+    xyz = np.concatenate([b[0] for b in blocks]) if blocks else np.zeros((0, 3), np.float32)
+    rgb = np.concatenate([b[1] for b in blocks]) if blocks else np.zeros((0, 3), np.uint8)
+    return xyz, rgb
+
+
 def _voxel_selected(store: RunStore, world: bool, min_conf: float, voxel: float) -> tuple[np.ndarray, np.ndarray]:
     """The points kept by ``min_conf``, voxel-downsampled."""
     from da3stream.alignment.voxel import voxel_downsample
 
-    blocks = list(selected_points(store, world=world, min_conf=min_conf))
-    xyz = np.concatenate([b[0] for b in blocks]) if blocks else np.zeros((0, 3), np.float32)
-    rgb = np.concatenate([b[1] for b in blocks]) if blocks else np.zeros((0, 3), np.uint8)
+    xyz, rgb = collect_points(store, world=world, min_conf=min_conf)
     return voxel_downsample(xyz, rgb, voxel) if xyz.shape[0] else (xyz, rgb)
