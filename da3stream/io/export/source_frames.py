@@ -30,7 +30,7 @@ PathLike = Union[str, os.PathLike]
 
 __all__ = ["iter_source_frames", "write_source_images"]
 
-REREADABLE_KINDS = ("video", "images", "image", "bag")
+REREADABLE_KINDS = ("video", "images", "image", "rosbag")
 """Source kinds with a path to read again (an in-memory iterable has none)."""
 
 
