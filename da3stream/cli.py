@@ -130,9 +130,22 @@ def _export_parser() -> argparse.ArgumentParser:
     p.add_argument("--kitti", help="trajectory in KITTI format (3x4 row-major per line)")
     p.add_argument("--ply", help="fused point map as binary PLY (world frame)")
     p.add_argument("--voxel", type=float, default=None, help="voxel size for the PLY (world units)")
+    p.add_argument("--min-conf", type=float, default=None, metavar="C",
+                   help="PLY: drop map points whose fused confidence is below C (the predictor's confidence, higher = better)")
     p.add_argument("--colmap", metavar="DIR", help="COLMAP sparse model (cameras, images, points3D) into DIR")
     p.add_argument("--colmap-format", choices=("text", "bin"), default="bin", help="COLMAP model files: text or bin (default bin)")
-    p.add_argument("--nerfstudio", metavar="DIR", help="nerfstudio transforms.json + images + depth into DIR (depth-grid resolution)")
+    p.add_argument("--colmap-images", metavar="DIR",
+                   help="COLMAP: also write the frames into DIR at their original resolution, re-read from the run's source")
+    p.add_argument("--single-camera", action="store_true",
+                   help="COLMAP: one shared camera for every image (automatic when all stored intrinsics are equal)")
+    p.add_argument("--max-points", type=int, default=None, metavar="N",
+                   help="COLMAP points3D and the nerfstudio points3D.ply: at most N map points (an even stride over the map)")
+    p.add_argument("--nerfstudio", metavar="DIR",
+                   help="nerfstudio transforms.json + images + depth + points3D.ply (ply_file_path) into DIR")
+    p.add_argument("--nerfstudio-original", action="store_true",
+                   help="nerfstudio: images at the original resolution, re-read from the run's source (default: the depth grid)")
+    p.add_argument("--source", metavar="PATH", help="where the run's source is now, for --colmap-images / --nerfstudio-original "
+                   "(default: the path the store records)")
     p.add_argument("--depth", metavar="DIR", help="per-frame depth and confidence into DIR (world units, see depth_scale.json)")
     p.add_argument("--depth-format", choices=("png16", "npz"), default="png16", help="png16: uint16 = depth x 1000 (mm for metric runs); npz: float32")
     p.add_argument("--every", type=int, default=1, metavar="N", help="export every N-th pose / stored frame")
@@ -334,21 +347,24 @@ def _exports(store: str, tum, kitti, ply, voxel, opts: Optional[argparse.Namespa
     if getattr(opts, "colmap", None):
         from da3stream.io.export.colmap import export_colmap
 
-        info = export_colmap(store, opts.colmap, fmt=opts.colmap_format, every=every)
+        info = export_colmap(store, opts.colmap, fmt=opts.colmap_format, every=every, images=opts.colmap_images,
+                             source=opts.source, single_camera=True if opts.single_camera else None,
+                             max_points=opts.max_points)
         written["colmap"] = opts.colmap
         written["colmap_model"] = {k: info[k] for k in ("cameras", "images", "points", "observations")}
     if getattr(opts, "nerfstudio", None):
         from da3stream.io.export.nerfstudio import export_nerfstudio
 
         written["nerfstudio"] = opts.nerfstudio
-        written["nerfstudio_frames"] = export_nerfstudio(store, opts.nerfstudio, every=every)["frames"]
+        written["nerfstudio_frames"] = export_nerfstudio(store, opts.nerfstudio, every=every, original_images=opts.nerfstudio_original,
+                                                         source=opts.source, max_points=opts.max_points)["frames"]
     if getattr(opts, "depth", None):
         from da3stream.io.export.depth import export_depth
 
         written["depth"] = opts.depth
         written["depth_frames"] = export_depth(store, opts.depth, fmt=opts.depth_format, every=every)["frames"]
     if ply:
-        n = export.export_ply(store, ply, voxel=voxel)
+        n = export.export_ply(store, ply, voxel=voxel, min_conf=getattr(opts, "min_conf", None))
         written["ply"] = ply
         written["ply_points"] = int(n) if n is not None else None
     return {"exported": written} if written else {}

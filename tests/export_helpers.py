@@ -104,3 +104,30 @@ def n_wall_points() -> int:
     """Wall points (= hidden points) per window of :func:`plane_store`."""
     h, w = PLANE_DEPTH_HW
     return len(range(1, w, 2)) * len(range(1, h, 2))
+
+
+def file_source_store(path, source_dir, kind: str = "images", n_frames: int = 24) -> tuple:
+    """Run the engine on the small synthetic sequence written as an image folder or a lossless (PNG-codec) video.
+
+    Returns ``(store path, source path, frames (N, H, W, 3) uint8)``: the source's frames, so a test can
+    compare what an export re-reads from the source.
+    """
+    import cv2
+
+    from da3stream.io.sources.video_write import write_video
+    from da3stream.streaming.pipeline import reconstruct
+    from tests.pipeline_helpers import SMALL_CFG, small_predictor, small_sequence
+
+    seq = small_sequence(n_frames)
+    frames = np.stack(list(seq.frames(0, n_frames)))
+    source_dir.mkdir(parents=True, exist_ok=True)
+    if kind == "images":
+        src = source_dir / "frames"
+        src.mkdir()
+        for i, im in enumerate(frames):
+            cv2.imwrite(str(src / f"{i:04d}.png"), cv2.cvtColor(im, cv2.COLOR_RGB2BGR))
+    else:
+        src = source_dir / "video.mov"
+        write_video(src, frames, 30.0, codec="png", pix_fmt="rgb24")
+    reconstruct(str(src), path, predictor=small_predictor(seq), config={**SMALL_CFG, "chunk_size": 8, "overlap": 2})
+    return path, src, frames

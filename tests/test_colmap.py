@@ -12,7 +12,9 @@ from da3stream.cli import main
 from da3stream.errors import ExportError
 from da3stream.io.export.colmap import export_colmap, group_intrinsics, spread_tracks
 from da3stream.io.store import RunStore
-from tests.export_helpers import N_NEW, PLANE_IMAGE_HW, PLANE_K, n_wall_points, pipeline_store, plane_store
+from tests.export_helpers import (
+    N_NEW, PLANE_IMAGE_HW, PLANE_K, file_source_store, n_wall_points, pipeline_store, plane_store,
+)
 
 pycolmap = pytest.importorskip("pycolmap", reason="pycolmap reads the models back")
 
@@ -218,3 +220,71 @@ def test_cli_and_errors(tmp_path, run_path):
     with pytest.raises(ExportError, match="no committed frames"):
         export_colmap(empty, tmp_path / "x")
     empty.close()
+
+
+def test_single_camera_is_shared_by_every_image(tmp_path):
+    st = plane_store(tmp_path / "p.zarr", fx_step=0.5)  # every frame has its own fx
+    assert export_colmap(st, tmp_path / "many", fmt="text")["cameras"] == 2 * N_NEW
+    stats = export_colmap(st, tmp_path / "one", fmt="text", single_camera=True)
+    rec = pycolmap.Reconstruction(str(tmp_path / "one"))
+    assert stats["cameras"] == rec.num_cameras() == 1 and rec.num_images() == 2 * N_NEW
+    cam = next(iter(rec.cameras.values()))
+    fx = PLANE_K[0, 0] + 0.5 * np.arange(2 * N_NEW)
+    np.testing.assert_allclose(cam.params, [np.median(fx), PLANE_K[1, 1], PLANE_K[0, 2] + 0.5, PLANE_K[1, 2] + 0.5])
+    errors, n_obs = reprojection_errors(rec)  # observations are projected with the shared camera
+    assert n_obs == stats["observations"] > 0 and errors.max() < REPROJ_ATOL
+    st.close()
+
+
+def test_intrinsics_equal_to_1e9_relative_share_one_camera_automatically(tmp_path):
+    """A known calibration stored per frame (float noise below 1e-9 relative at fx ~ 7500 px): one camera."""
+    from da3stream.io.export.colmap import _cameras
+
+    K = np.tile(np.array([[7503.38, 0.0, 511.5], [0.0, 7503.38, 287.5], [0.0, 0.0, 1.0]]), (6, 1, 1))
+    K[:, 0, 0] *= 1.0 + 1.5e-10 * np.arange(6)  # >= 1.1e-6 px apart: more than the absolute intrinsics_tol 1e-6
+    group, params, _ = _cameras(K, 1e-6)
+    assert params.shape[0] == 1 and not group.any()
+    K[5, 0, 0] *= 1.0 + 1e-6  # a real difference: grouped by the absolute intrinsics_tol again
+    assert _cameras(K, 1e-6)[1].shape[0] == 6
+    assert _cameras(K, 1e-6, single=True)[1].shape[0] == 1
+
+
+def test_max_points_subsamples_the_map(tmp_path, run_path):
+    st = RunStore.open(run_path)
+    full = export_colmap(st, tmp_path / "full", fmt="bin")
+    stats = export_colmap(st, tmp_path / "small", fmt="bin", max_points=500)
+    rec = pycolmap.Reconstruction(str(tmp_path / "small"))
+    assert st.n_points > 500 and 0 < rec.num_points3D() == stats["points"] <= 500 < full["points"]
+    check_against_store(rec, st, stats)  # poses, cameras and exact reprojection as before
+    assert (tmp_path / "small" / "points3D.bin").stat().st_size < (tmp_path / "full" / "points3D.bin").stat().st_size / 4
+    with pytest.raises(ExportError, match="max_points must be >= 1"):
+        export_colmap(st, tmp_path / "x", max_points=0)
+
+
+@pytest.mark.parametrize("kind", ["images", "video"])
+def test_colmap_images_are_the_source_frames_at_the_original_resolution(tmp_path, kind):
+    import cv2
+
+    path, src, frames = file_source_store(tmp_path / "run.zarr", tmp_path / "src", kind)
+    st = RunStore.open(path)
+    H, W = st.image_hw
+    assert (H, W) == frames.shape[1:3] and st.depth_hw != (H, W)
+    stats = export_colmap(st, tmp_path / "sparse", fmt="bin", images=tmp_path / "images")
+    rec = pycolmap.Reconstruction(str(tmp_path / "sparse"))
+    assert stats["image_files"] == rec.num_images() == st.n_frames
+    for image in rec.images.values():
+        img = cv2.imread(str(tmp_path / "images" / image.name))
+        cam = rec.cameras[image.camera_id]
+        assert img.shape[:2] == (cam.height, cam.width) == (H, W)
+        index = int(image.name[len("frame_"):-len(".png")])
+        np.testing.assert_array_equal(cv2.cvtColor(img, cv2.COLOR_BGR2RGB), frames[index])
+    st.close()
+    # the CLI, with the source moved: --source says where it is now
+    moved = tmp_path / ("moved" + src.suffix)
+    src.rename(moved)
+    args = ["export", str(path), "--colmap", str(tmp_path / "m"), "--colmap-images", str(tmp_path / "im"), "--quiet"]
+    assert main(args) != 0  # the recorded source is gone: a one-line export error
+    assert main(args + ["--source", str(moved), "--single-camera", "--max-points", "100"]) == 0
+    rec = pycolmap.Reconstruction(str(tmp_path / "m"))
+    assert rec.num_cameras() == 1 and rec.num_points3D() <= 100
+    assert sorted(p.name for p in (tmp_path / "im").iterdir()) == sorted(im.name for im in rec.images.values())

@@ -177,3 +177,27 @@ def test_empty_store_and_bad_arguments(tmp_path):
         (tmp_path / "junk.ply").write_bytes(b"hello")
         read_ply(tmp_path / "junk.ply")
     store.close()
+
+
+def test_ply_min_conf_drops_low_confidence_points_through_open3d(tmp_path):
+    o3d = pytest.importorskip("open3d", reason="open3d reads PLY back")
+    from da3stream.cli import main
+
+    store = make_store(tmp_path / "run.zarr")
+    xyz_all, rgb_all = store.map_points()
+    conf = np.concatenate([b.conf for b in store.iter_map_points()]).astype(np.float32)
+    keep = conf >= 1.5
+    assert 0 < keep.sum() < keep.size
+    n = export_ply(store, tmp_path / "map.ply", min_conf=1.5)
+    assert n == int(keep.sum())
+    pcd = o3d.io.read_point_cloud(str(tmp_path / "map.ply"))
+    np.testing.assert_array_equal(np.asarray(pcd.points), xyz_all[keep].astype(np.float64))
+    np.testing.assert_array_equal(np.rint(np.asarray(pcd.colors) * 255).astype(np.uint8), rgb_all[keep])
+    # with a voxel: the kept points, voxel-downsampled
+    n_vox = export_ply(store, tmp_path / "vox.ply", voxel=0.5, min_conf=1.5)
+    assert n_vox == voxel_downsample(xyz_all[keep], rgb_all[keep], 0.5)[0].shape[0]
+    with pytest.raises(ExportError, match="min_conf must be a finite number"):
+        export_ply(store, tmp_path / "bad.ply", min_conf=float("nan"))
+    store.close()
+    assert main(["export", str(tmp_path / "run.zarr"), "--ply", str(tmp_path / "cli.ply"), "--min-conf", "1.5", "--quiet"]) == 0
+    assert np.asarray(o3d.io.read_point_cloud(str(tmp_path / "cli.ply")).points).shape == (int(keep.sum()), 3)

@@ -16,7 +16,7 @@ from da3stream.errors import ExportError
 from da3stream.io.export.depth import grid_intrinsics
 from da3stream.io.export.nerfstudio import export_nerfstudio, opencv_to_opengl_world_from_cam
 from da3stream.io.store import RunStore
-from tests.export_helpers import N_NEW, PLANE_DEPTH_HW, pipeline_store, plane_store
+from tests.export_helpers import N_NEW, PLANE_DEPTH_HW, file_source_store, pipeline_store, plane_store
 
 
 @pytest.fixture(scope="module")
@@ -133,3 +133,44 @@ def test_store_without_rgb_and_cli(tmp_path, run_path):
     n = RunStore.open(run_path).n_frames
     assert len(meta["frames"]) == (n + 3) // 4
     assert main(["export", str(run_path), "--quiet"]) == 2  # nothing to export: a config error
+
+
+def test_ply_file_path_is_the_world_map_read_by_open3d(tmp_path, run_path):
+    """splatfacto's initial points: ``ply_file_path`` beside transforms.json, in the frame of transform_matrix."""
+    o3d = pytest.importorskip("open3d", reason="open3d reads the PLY as nerfstudio does")
+    st = RunStore.open(run_path)
+    info = export_nerfstudio(st, tmp_path / "ns")
+    meta = json.loads((tmp_path / "ns" / "transforms.json").read_text())
+    pcd = o3d.io.read_point_cloud(str(tmp_path / "ns" / meta["ply_file_path"]))
+    xyz, rgb = st.map_points()  # the run's world frame = the world of transform_matrix
+    assert info["points"] == len(pcd.points) == st.n_points
+    np.testing.assert_array_equal(np.asarray(pcd.points), xyz.astype(np.float64))
+    np.testing.assert_array_equal(np.rint(np.asarray(pcd.colors) * 255).astype(np.uint8), rgb)
+    # the map lies in front of the cameras as nerfstudio sees them (looking along -z of the OpenGL camera)
+    c2w = np.array(meta["frames"][0]["transform_matrix"])
+    x_cam = (xyz.astype(np.float64) - c2w[:3, 3]) @ c2w[:3, :3]
+    assert np.median(x_cam[:, 2]) < 0
+    info = export_nerfstudio(st, tmp_path / "small", max_points=300)
+    assert 0 < info["points"] <= 300 and len(o3d.io.read_point_cloud(str(tmp_path / "small" / "points3D.ply")).points) == info["points"]
+    st.close()
+
+
+@pytest.mark.parametrize("kind", ["images", "video"])
+def test_original_resolution_images_from_the_source(tmp_path, kind):
+    path, src, frames = file_source_store(tmp_path / "run.zarr", tmp_path / "src", kind)
+    st = RunStore.open(path)
+    H, W = st.image_hw
+    info = export_nerfstudio(st, tmp_path / "ns", original_images=True)
+    meta = json.loads((tmp_path / "ns" / "transforms.json").read_text())
+    assert info["resolution_hw"] == [H, W] != list(st.depth_hw)
+    table = st.frames_table()
+    for frame in meta["frames"]:
+        r = int(np.flatnonzero(table["index"] == frame["source_index"])[0])
+        intr, K = frame_intrinsics(meta, frame), table["intrinsics"][r]
+        assert (intr["w"], intr["h"]) == (W, H)  # the stored intrinsics are for this size, corner origin
+        assert intr["fl_x"] == pytest.approx(K[0, 0]) and intr["cx"] == pytest.approx(K[0, 2] + 0.5)
+        img = cv2.cvtColor(cv2.imread(str(tmp_path / "ns" / frame["file_path"])), cv2.COLOR_BGR2RGB)
+        np.testing.assert_array_equal(img, frames[frame["source_index"]])
+    st.close()
+    assert main(["export", str(path), "--nerfstudio", str(tmp_path / "cli"), "--nerfstudio-original", "--quiet"]) == 0
+    assert cv2.imread(str(tmp_path / "cli" / meta["frames"][0]["file_path"])).shape[:2] == (H, W)

@@ -135,3 +135,39 @@ def test_report_errors_name_the_file(run_with_gt, tmp_path):
     with pytest.raises(ExportError, match="missing_gt.tum: ground-truth file not found"):
         write_report(store_path, tmp_path / "r.html", gt_tum=tmp_path / "missing_gt.tum")
     assert not (tmp_path / "r.html").exists()
+
+
+def test_alignment_plot_y_labels_are_not_clipped(run_with_gt, tmp_path):
+    """The multi-line y labels ("residual\\n(median, rel.)") fit: the PNG's left edge is background."""
+    from PIL import Image
+
+    store_path, _ = run_with_gt
+    res = write_report(store_path, tmp_path / "r.html", png_dir=tmp_path / "png")
+    img = np.asarray(Image.open(res["png"]["alignment"]).convert("L"))
+    assert img[:, :4].min() == 255  # no text cut at the edge (before: the labels' first lines were cut off)
+    assert (img[:, 4:60] < 128).any()  # and the labels are drawn near it
+
+
+def test_trajectory_figure_shows_the_point_map_from_above(run_with_gt, tmp_path):
+    from da3stream.io.evaluation.report import _first_camera_axes
+    from da3stream.io.evaluation.report_map import MAP_POINTS_SHOWN, map_top_view
+
+    store_path, _ = run_with_gt
+    st = RunStore.open(store_path)
+    origin, axes = _first_camera_axes(st.frames_table()["world_from_cam"])
+    ruh, rgb = map_top_view(st, origin, axes, max_points=None)
+    xyz, colours = st.map_points()
+    # the first camera's right / forward / up: its x, z and -y axes
+    R0, c0 = st.frames_table()["world_from_cam"][0, :3, :3], st.frames_table()["world_from_cam"][0, :3, 3]
+    expect = (xyz.astype(np.float64) - c0) @ np.stack([R0[:, 0], R0[:, 2], -R0[:, 1]]).T
+    order = np.argsort(expect[:, 2], kind="stable")
+    np.testing.assert_allclose(ruh, expect[order], atol=1e-9)
+    np.testing.assert_array_equal(rgb, colours[order])
+    assert np.all(np.diff(ruh[:, 2]) >= 0)  # higher points drawn over lower ones
+    few, _ = map_top_view(st, origin, axes, max_points=100)
+    assert 0 < few.shape[0] <= 100 and MAP_POINTS_SHOWN >= 10_000
+    html = (tmp_path / "r.html")
+    write_report(store_path, html)
+    shown = map_top_view(st, origin, axes)[0].shape[0]
+    assert shown == min(st.n_points, MAP_POINTS_SHOWN)  # this run's map is below the cap
+    assert f"drawn from above in the same axes ({shown:,} points)" in html.read_text()

@@ -371,3 +371,27 @@ def test_follower_keeps_a_4m_point_map_within_the_budget(tmp_path):
     assert f.points_shown <= 1_000_000 and min(len(c) for c in upd.clouds.values()) > 0
     print(f"\nfollower: {n_chunks * n_points:,} stored points -> {f.points_shown:,} shown "
           f"(per-chunk cap {f.chunk_cap:,}, voxel {upd.voxel:.4g}) in {dt:.2f} s")
+
+
+def test_viewer_starts_at_the_first_camera_looking_along_its_view(finished_run, tmp_path):
+    pytest.importorskip("viser", reason="the viewer extra is not installed (pip install 'da3stream[viewer]')")
+    from types import SimpleNamespace
+
+    from da3stream.viewer import LiveViewer, ViewerOptions
+
+    path = _copy(finished_run, tmp_path / "run.zarr")
+    first = RunStore.open(path).frames_table()["world_from_cam"][0]
+    centre, forward, up = first[:3, 3], first[:3, 2], -first[:3, 1]
+    with LiveViewer(path, ViewerOptions(port=0)) as viewer:
+        viewer._stop.set()
+        cam = viewer._server.initial_camera
+        views = [(np.asarray(cam.position), np.asarray(cam.look_at), np.asarray(cam.up))]
+        client = SimpleNamespace(camera=SimpleNamespace())  # a browser connecting now gets the same view
+        viewer._on_connect(client)
+        views.append((np.asarray(client.camera.position), np.asarray(client.camera.look_at),
+                      np.asarray(client.camera.up_direction)))
+        for position, look_at, cam_up in views:
+            np.testing.assert_allclose(position, centre, atol=1e-5)  # at the first camera (before: behind and above it)
+            view = (look_at - position) / np.linalg.norm(look_at - position)
+            np.testing.assert_allclose(view, forward, atol=1e-5)  # looking along its +z
+            np.testing.assert_allclose(cam_up, up, atol=1e-5)

@@ -72,10 +72,10 @@ class ViewerOptions:
     """Width of the current-frame and depth images in the side panel."""
     frustum_image_width: int = 128
     """Width of the image drawn on the current camera's frustum."""
-    camera_distance: float = 0.8
-    """Initial view: distance behind the first camera, in scene extents."""
-    camera_height: float = 0.5
-    """Initial view: height above the first camera, in scene extents."""
+    camera_distance: float = 0.0
+    """Initial view: distance behind the first camera, in scene extents (0: at the first camera)."""
+    camera_height: float = 0.0
+    """Initial view: height above the first camera, in scene extents (0: at the first camera)."""
 
 
 def _wxyz_from_quat_xyzw(q: np.ndarray) -> np.ndarray:
@@ -118,6 +118,7 @@ class LiveViewer:
         self._gui: dict[str, Any] = {}
         self._nodes: dict[str, Any] = {}  # trajectory, loop edges, current camera
         self._framed = False
+        self._view: Optional[tuple] = None  # (position, look_at, up) of the initial view, once framed
         self._voxel: Optional[float] = None
         self._extent = 0.0
         self.n_connections = 0
@@ -211,6 +212,14 @@ class LiveViewer:
     def _on_connect(self, client: Any) -> None:
         self.n_connections += 1
         log.info("viewer: browser connected (%d so far)", self.n_connections)
+        if self._view is not None:  # a browser that connects later starts at the first camera too
+            self._set_client_view(client, *self._view)
+
+    @staticmethod
+    def _set_client_view(client: Any, position: np.ndarray, look_at: np.ndarray, up: np.ndarray) -> None:
+        client.camera.up_direction = up
+        client.camera.position = position
+        client.camera.look_at = look_at
 
     # ------------------------------------------------------------------ drawing
     def poll_once(self) -> bool:
@@ -233,7 +242,7 @@ class LiveViewer:
                 h.remove()
             self._clouds, self._frusta, self._sent_frustum_pose, self._nodes = {}, {}, {}, {}
             self._sent_wfc = np.zeros((0, 8))
-            self._framed = False
+            self._framed, self._view = False, None
         self._voxel, self._extent = upd.voxel, upd.extent
         point_size = self._point_size()  # world units; viser multiplies it by the node's scale
         wfc = upd.world_from_chunk
@@ -366,19 +375,28 @@ class LiveViewer:
             self._gui["depth"].visible = True
 
     def _frame_view(self, upd: StoreUpdate) -> None:
-        """Put the initial view behind and above the first camera, looking at the first chunk's points."""
+        """Start the view at the first camera, looking along its view direction (its +z), its up (-y) up.
+
+        The look-at point lies on the first camera's optical axis, at the median depth of the first
+        chunk's points along it (half the scene extent without points): the orbit centre is in the scene.
+        ``camera_distance`` / ``camera_height`` move the start back / up (in scene extents).
+        """
         first = upd.world_from_cam[0]
         up = -first[:3, 1]  # OpenCV camera: +y is down
         forward = first[:3, 2]
         extent = self._extent
-        look_at = first[:3, 3] + forward * extent * 0.5
+        depth = extent * 0.5
         cloud = upd.clouds.get(0)
         if cloud is not None and len(cloud):
             from da3stream.alignment.sim3 import Sim3
 
             pts = Sim3.from_array(upd.world_from_chunk[0]).apply(cloud.xyz.astype(np.float64))
-            look_at = np.median(pts, axis=0)
+            ahead = (pts - first[:3, 3]) @ forward
+            ahead = ahead[ahead > 0]
+            if ahead.size:
+                depth = float(np.median(ahead))
         position = first[:3, 3] - forward * extent * self.options.camera_distance + up * extent * self.options.camera_height
+        look_at = position + forward * depth
         scene = self._server.scene
         scene.set_up_direction(tuple(float(v) for v in up))
         cam = self._server.initial_camera
@@ -387,10 +405,9 @@ class LiveViewer:
         cam.look_at = look_at
         cam.near = extent * 1e-3
         cam.far = extent * 1e3
+        self._view = (position, look_at, up)
         for client in self._server.get_clients().values():
-            client.camera.up_direction = up
-            client.camera.position = position
-            client.camera.look_at = look_at
+            self._set_client_view(client, position, look_at, up)
         self._framed = True
 
     # ------------------------------------------------------------------ GUI

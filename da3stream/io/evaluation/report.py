@@ -6,8 +6,9 @@ embedded as base64 ``data:`` URIs and the style sheet is inline, so the report
 can be mailed or archived as is. With ``png_dir`` the same plots are also
 written as PNG files (for a README).
 
-Sections (their HTML ids): ``summary``, ``trajectory`` (top view and height
-over time, in the first camera's axes), ``alignment`` (per window: inlier
+Sections (their HTML ids): ``summary``, ``trajectory`` (top view, the point
+map from above (:mod:`da3stream.io.evaluation.report_map`) and height over
+time, in the first camera's axes), ``alignment`` (per window: inlier
 ratio, residual, scale, pose disagreement, status flags), ``loops`` (accepted
 edges and rejected candidates on the top view), ``accuracy`` (ATE over time
 against a ground-truth TUM file, :func:`da3stream.io.evaluation.metrics.ate_over_time`),
@@ -28,6 +29,7 @@ import numpy as np
 
 from da3stream.errors import ExportError
 from da3stream.io.evaluation.report_html import Report, Section, html_note, html_table, render_html
+from da3stream.io.evaluation.report_map import draw_map_top_view, map_top_view
 from da3stream.io.store import RunStore
 
 log = logging.getLogger(__name__)
@@ -64,6 +66,19 @@ def _figure(width_in: float, height_in: float, **margins: float):
     FigureCanvasAgg(fig)
     fig.subplots_adjust(**(margins or SIDE_BY_SIDE))
     return fig
+
+
+def _fit_left_margin(fig, axs, pad_in: float = 0.12) -> None:
+    """Widen the figure's left margin until every axis' tick and (multi-line) y labels fit.
+
+    One measuring draw (matplotlib's constrained layout, which would do the same, tripled the report's
+    run time): the widest left overhang of the axes' tight boxes beyond their plot area becomes the margin.
+    """
+    renderer = fig.canvas.get_renderer()
+    width_px = fig.get_figwidth() * fig.dpi
+    overhang = max(ax.get_window_extent(renderer).x0 - ax.get_tightbbox(renderer).x0 for ax in axs)
+    left = min(0.4, (overhang + pad_in * fig.dpi) / width_px)
+    fig.subplots_adjust(left=max(left, fig.subplotpars.left))
 
 
 def _png(fig) -> bytes:
@@ -169,7 +184,9 @@ def _summary(store: RunStore, frames: dict, chunks: dict, commit: dict, accuracy
     return sec, facts
 
 
-def _trajectory(frames: dict, chunks: dict, loops: np.ndarray, rejected: np.ndarray, figures: dict) -> Section:
+def _trajectory(frames: dict, chunks: dict, loops: np.ndarray, rejected: np.ndarray, figures: dict,
+                store: Optional[RunStore] = None) -> Section:
+    """Top view of the path, the point map from above (with ``store``) and the height over time."""
     sec = Section("trajectory", "Trajectory")
     wcam = frames["world_from_cam"]
     if wcam.shape[0] < 2:
@@ -178,8 +195,10 @@ def _trajectory(frames: dict, chunks: dict, loops: np.ndarray, rejected: np.ndar
     origin, axes = _first_camera_axes(wcam)
     uvh = _plane(wcam[:, :3, 3], origin, axes)
     seg = chunks["segment"][frames["chunk_id"]]
-    fig = _figure(11, 4.6)
-    ax_top, ax_h = fig.subplots(1, 2, width_ratios=(1.1, 1.0))
+    fig = _figure(16, 4.6, **{**SIDE_BY_SIDE, "left": 0.05, "wspace": 0.22})
+    ax_top, ax_map, ax_h = fig.subplots(1, 3, width_ratios=(1.1, 1.1, 1.0))
+    ruh, rgb = map_top_view(store, origin, axes) if store is not None else (np.zeros((0, 3)), np.zeros((0, 3), np.uint8))
+    draw_map_top_view(ax_map, ruh, rgb, uvh)
     _draw_top_view(ax_top, uvh, seg, _valid_pairs(loops, len(uvh)), _valid_pairs(rejected, len(uvh)))
     gated_rows = [int(chunks["frame_stop"][k] - chunks["n_new"][k]) for k in np.flatnonzero(chunks["status"] == 1)
                   if chunks["n_new"][k] > 0]
@@ -197,7 +216,8 @@ def _trajectory(frames: dict, chunks: dict, loops: np.ndarray, rejected: np.ndar
     figures["trajectory"] = _png(fig)
     path_len = float(np.linalg.norm(np.diff(wcam[:, :3, 3], axis=0), axis=1).sum())
     sec.blocks.append(html_note(f"{wcam.shape[0]:,} camera positions (live poses, after loop closure), "
-                            f"path length {path_len:.4g} world units; height is along the first camera's up (-y)."))
+                            f"path length {path_len:.4g} world units; height is along the first camera's up (-y). "
+                            f"The point map is drawn from above in the same axes ({ruh.shape[0]:,} points)."))
     sec.blocks.append(("figure", "trajectory"))
     return sec
 
@@ -230,9 +250,10 @@ def _alignment(chunks: dict, figures: dict) -> Section:
             ax.set_yscale("log")
         ax.set_ylabel(label, fontsize=9)
         ax.grid(True, lw=0.4, alpha=0.5)
-    fig.align_ylabels(axs)
     axs[0].legend(fontsize=8, ncol=4, loc="lower left")
     axs[-1].set_xlabel("window")
+    _fit_left_margin(fig, axs)
+    fig.align_ylabels(axs)
     figures["alignment"] = _png(fig)
     counts = {name: int(np.sum(status == code)) for code, name in STATUS_NAMES.items()}
     sec.blocks.append(html_note("Windows by status: " + ", ".join(f"{v} {k_}" for k_, v in counts.items()) +
@@ -428,7 +449,7 @@ def build_report(store_or_path: Union[RunStore, PathLike], *, gt_tum: Optional[P
     sections = [
         summary,
         _trajectory(frames, chunks, np.stack([loops_tab["frame_i"], loops_tab["frame_j"]], axis=1),
-                    np.stack([cands["frame_i"][rej], cands["frame_j"][rej]], axis=1), figures),
+                    np.stack([cands["frame_i"][rej], cands["frame_j"][rej]], axis=1), figures, snap),
         _alignment(chunks, figures),
         _loops(frames, cands, loops_tab, figures),
         accuracy_sec,

@@ -44,6 +44,8 @@ from da3stream.io.export.depth import (
     chunk_scales, check_every, export_rows, frame_stem, grid_intrinsics, world_depth,
 )
 from da3stream.io.export.colmap_files import COLMAP_FORMATS, ColmapModel, write_colmap_model
+from da3stream.io.export.run_exports import point_stride
+from da3stream.io.export.source_frames import write_source_images
 from da3stream.io.store import RunStore
 
 log = logging.getLogger(__name__)
@@ -59,6 +61,8 @@ PIXEL_CENTRE = 0.5
 """Coordinate of the top-left pixel's centre in COLMAP / nerfstudio images (0 in the store's OpenCV pixels)."""
 DEFAULT_MAX_TRACK = 8
 """Default cap on observations per point (a window can hold ~100 frames that all see a point)."""
+SHARED_CAMERA_RTOL = 1e-9
+"""Intrinsics that agree within this relative tolerance are one camera (a known calibration stored per frame)."""
 SKEW_TOL = 1e-9
 """Largest |K[0, 1]| (pixels) accepted for a PINHOLE camera (which has no skew)."""
 
@@ -132,7 +136,8 @@ def cam_from_world_quat_t(world_from_cam: np.ndarray) -> tuple[np.ndarray, np.nd
 
 def colmap_model_from_store(store: RunStore, *, every: int = 1, intrinsics_tol: float = 1e-6,
                             depth_tolerance: Optional[float] = 0.05, max_track_length: Optional[int] = DEFAULT_MAX_TRACK,
-                            name_format: str = "{stem}.png") -> tuple[ColmapModel, dict]:
+                            name_format: str = "{stem}.png", single_camera: Optional[bool] = None,
+                            max_points: Optional[int] = None) -> tuple[ColmapModel, dict]:
     """Build the COLMAP model of a store: ``(model, stats)``.
 
     Args:
@@ -143,6 +148,11 @@ def colmap_model_from_store(store: RunStore, *, every: int = 1, intrinsics_tol: 
         max_track_length: keep at most this many observations per point, spread evenly over the frames
             that see it (:func:`spread_tracks`); None keeps all (long windows make very long tracks).
         name_format: image file name; ``{stem}`` is ``frame_XXXXXX`` (the source index), ``{index}`` the index.
+        single_camera: True: one camera for every image (the median ``fx, fy, cx, cy``); False: group by
+            ``intrinsics_tol``; None (default): one camera when all exported intrinsics agree within
+            :data:`SHARED_CAMERA_RTOL` relative (known calibration), else group by ``intrinsics_tol``.
+        max_points: keep at most this many map points (every k-th map row, before the visibility test;
+            :func:`~da3stream.io.export.run_exports.selected_points`); None keeps all.
 
     ``stats``: ``cameras``, ``images``, ``points``, ``observations``, ``points_without_view``.
     """
@@ -152,12 +162,12 @@ def colmap_model_from_store(store: RunStore, *, every: int = 1, intrinsics_tol: 
     if rows.size == 0:
         raise ExportError(f"{store.path}: the store has no committed frames to export")
     H, W = store.image_hw
-    group, cam_params, K_cam = _cameras(table["intrinsics"][rows], float(intrinsics_tol))
+    group, cam_params, K_cam = _cameras(table["intrinsics"][rows], float(intrinsics_tol), single_camera)
     quat_wxyz, t = cam_from_world_quat_t(table["world_from_cam"][rows])
     names = tuple(name_format.format(stem=frame_stem(i), index=int(i)) for i in table["index"][rows])
     if len(set(names)) != len(names):
         raise ExportError(f"{store.path}: name_format {name_format!r} gives duplicate image names")
-    pts = _observed_points(store, table, rows, group, K_cam, depth_tolerance, max_track_length)
+    pts = _observed_points(store, table, rows, group, K_cam, depth_tolerance, max_track_length, max_points)
     if pts.n_dropped:
         log.info("%s: %d map points are seen by no exported frame of their chunk and are not written", store.path, pts.n_dropped)
     order = np.argsort(pts.obs_image, kind="stable")
@@ -193,9 +203,20 @@ def _check_model_options(store: RunStore, intrinsics_tol: float, depth_tolerance
         raise ExportError(f"{store.path}: max_track_length must be >= 1 or None, got {max_track_length}")
 
 
-def _cameras(intrinsics: np.ndarray, tol: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def shares_one_camera(params: np.ndarray, rtol: float = None) -> bool:
+    """True when every row of ``params`` (N, 4) equals the first within ``rtol`` relative (of its magnitude)."""
+    rtol = SHARED_CAMERA_RTOL if rtol is None else rtol
+    P = np.asarray(params, dtype=np.float64)
+    return bool(P.shape[0] == 0 or np.all(np.abs(P - P[0]) <= rtol * np.maximum(np.abs(P[0]), 1.0)))
+
+
+def _cameras(intrinsics: np.ndarray, tol: float, single: Optional[bool] = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(group (N,), params (C, 4) COLMAP pixels, K (C, 3, 3) OpenCV pixels)`` of the exported frames' cameras."""
-    group, cam_params = group_intrinsics(pinhole_params(intrinsics), tol)
+    params = pinhole_params(intrinsics)
+    if single or (single is None and shares_one_camera(params)):
+        group, cam_params = np.zeros(params.shape[0], np.int64), np.median(params, axis=0, keepdims=True)
+    else:
+        group, cam_params = group_intrinsics(params, tol)
     K_cam = np.zeros((len(cam_params), 3, 3))
     K_cam[:, 0, 0], K_cam[:, 1, 1] = cam_params[:, 0], cam_params[:, 1]
     K_cam[:, :2, 2] = cam_params[:, 2:4] - PIXEL_CENTRE  # back to OpenCV pixels for projecting
@@ -215,7 +236,8 @@ class _Points(NamedTuple):
 
 
 def _observed_points(store: RunStore, table: dict, rows: np.ndarray, group: np.ndarray, K_cam: np.ndarray,
-                     depth_tolerance: Optional[float], max_track_length: Optional[int]) -> _Points:
+                     depth_tolerance: Optional[float], max_track_length: Optional[int],
+                     max_points: Optional[int] = None) -> _Points:
     """Every map point seen by an exported frame of its chunk, composed into the world, with its observations."""
     # the frame's position in the export, by store row (-1: not exported)
     pos_of_row = np.full(table["index"].shape[0], -1, np.int64)
@@ -226,9 +248,13 @@ def _observed_points(store: RunStore, table: dict, rows: np.ndarray, group: np.n
     image_hw, depth_hw = store.image_hw, store.depth_hw
     xyz_all, rgb_all, obs_img, obs_xy, obs_pt = [], [], [], [], []
     n_points = n_dropped = 0
+    stride = point_stride(store.n_points, max_points)
+    row0 = 0
     for block in store.iter_map_points(world=False):
+        subsample = (np.arange(row0, row0 + block.chunk_id.size) % stride) == 0
+        row0 += block.chunk_id.size
         for c in np.unique(block.chunk_id):
-            sel = block.chunk_id == c
+            sel = (block.chunk_id == c) & subsample
             W_c = Sim3.from_array(chunks["world_from_chunk"][c])
             X = W_c.apply(block.xyz[sel].astype(np.float64))
             frame_rows = np.arange(int(chunks["frame_start"][c]), int(chunks["frame_stop"][c]))
@@ -320,11 +346,15 @@ def _visible(X: np.ndarray, cam_from_world: np.ndarray, K: np.ndarray, image_hw:
 
 def export_colmap(store_or_path, out_dir: PathLike, *, fmt: str = "bin", every: int = 1, intrinsics_tol: float = 1e-6,
                   depth_tolerance: Optional[float] = 0.05, max_track_length: Optional[int] = DEFAULT_MAX_TRACK,
-                  name_format: str = "{stem}.png") -> dict:
+                  name_format: str = "{stem}.png", single_camera: Optional[bool] = None,
+                  max_points: Optional[int] = None, images: Optional[PathLike] = None, source: Optional[PathLike] = None) -> dict:
     """Write the store as a COLMAP sparse model into ``out_dir`` (``cameras``, ``images``, ``points3D``).
 
-    ``fmt``: ``"text"`` (``.txt``) or ``"bin"`` (``.bin``). The other arguments are those of
-    :func:`colmap_model_from_store`. Returns its stats plus ``format`` and ``files``.
+    ``fmt``: ``"text"`` (``.txt``) or ``"bin"`` (``.bin``). ``images``: also write the exported frames
+    into this folder under their image names, at the ORIGINAL resolution the cameras describe, re-read
+    from the run's source (``source``: where it is now, default the path the store records; see
+    :mod:`da3stream.io.export.source_frames`). The other arguments are those of
+    :func:`colmap_model_from_store`. Returns its stats plus ``format``, ``files`` (and ``image_files``).
     """
     out = Path(out_dir)
     if fmt not in COLMAP_FORMATS:
@@ -334,11 +364,16 @@ def export_colmap(store_or_path, out_dir: PathLike, *, fmt: str = "bin", every: 
     store = RunStore.open(store_or_path, mode="r") if owned else store_or_path
     try:
         model, stats = colmap_model_from_store(store, every=every, intrinsics_tol=intrinsics_tol, depth_tolerance=depth_tolerance,
-                                               max_track_length=max_track_length, name_format=name_format)
+                                               max_track_length=max_track_length, name_format=name_format,
+                                               single_camera=single_camera, max_points=max_points)
+        paths = write_colmap_model(model, out, fmt)
+        if images is not None:
+            table = store.frames_table()
+            index = table["index"][export_rows(table, every)]
+            stats["image_files"] = write_source_images(store, index, model.image_name, images, source)
     finally:
         if owned:
             store.close()
-    paths = write_colmap_model(model, out, fmt)
     log.info("wrote COLMAP model (%s) to %s: %d cameras, %d images, %d points, %d observations",
              fmt, out, stats["cameras"], stats["images"], stats["points"], stats["observations"])
     return {**stats, "format": fmt, "files": [str(p) for p in paths]}

@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 StoreLike = Union[RunStore, str, os.PathLike]
 
-__all__ = ["export_kitti", "export_ply", "export_tum", "full_trajectory", "pose_segments", "trajectory"]
+__all__ = ["export_kitti", "export_ply", "export_tum", "collect_points", "full_trajectory", "pose_segments", "selected_points", "trajectory"]
 
 
 @contextmanager
@@ -163,27 +163,91 @@ def _write_segments_sidecar(path: Union[str, os.PathLike], segments: np.ndarray)
         raise ExportError(f"{sidecar}: cannot write ({exc.strerror or exc})") from None
 
 
+def point_stride(n_points: int, max_points: Optional[int]) -> int:
+    """Keep every k-th map row so at most ``max_points`` of ``n_points`` remain (1: keep all)."""
+    if max_points is None:
+        return 1
+    if int(max_points) < 1:
+        raise ExportError(f"max_points must be >= 1 or None, got {max_points}")
+    return max(1, -(-int(n_points) // int(max_points)))
+
+
+def check_min_conf(min_conf: Optional[float], where) -> Optional[float]:
+    """``min_conf`` as a float (or None); ExportError when it is not a finite number."""
+    if min_conf is None:
+        return None
+    if not np.isfinite(min_conf):
+        raise ExportError(f"{where}: min_conf must be a finite number, got {min_conf}")
+    return float(min_conf)
+
+
+def selected_points(store: RunStore, *, world: bool = True, min_conf: Optional[float] = None,
+                    max_points: Optional[int] = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Map blocks ``(xyz (p, 3) float32, rgb (p, 3) uint8)`` after the point selection of the exports.
+
+    ``min_conf``: drop points whose stored confidence (``map/conf``) is below it; points stored
+    without confidence (NaN) are dropped too. ``max_points``: keep every k-th map row (an even
+    stride over the whole map, before ``min_conf``) so at most that many remain.
+    """
+    chunks = store.chunks_table()
+    nc = int(chunks["point_stop"].shape[0])
+    stride = point_stride(int(chunks["point_stop"][-1]) if nc else 0, max_points)
+    row0 = 0
+    for block in store.iter_map_points(world=world, n_chunks=nc):
+        keep = np.ones(block.xyz.shape[0], bool)
+        if stride > 1:
+            keep &= (np.arange(row0, row0 + keep.size) % stride) == 0
+        if min_conf is not None:
+            with np.errstate(invalid="ignore"):
+                keep &= block.conf.astype(np.float32) >= min_conf
+        row0 += keep.size
+        yield block.xyz[keep], block.rgb[keep]
+
+
 def export_ply(store_or_path: StoreLike, path: Union[str, os.PathLike], voxel: Optional[float] = None,
-               world: bool = True) -> int:
+               world: bool = True, min_conf: Optional[float] = None) -> int:
     """Write the fused map as binary PLY; return the number of points written.
 
     ``voxel``: downsample to one point per voxel of this edge (world units);
     this loads the whole map into memory. Without it the map is streamed
-    chunk block by chunk block (flat memory).
+    chunk block by chunk block (flat memory). ``min_conf``: drop points whose
+    fused confidence (``map/conf``, the predictor's confidence, higher = more
+    reliable) is below it, before the voxel step (see :func:`selected_points`).
     """
     if voxel is not None and not (np.isfinite(voxel) and voxel > 0):
         raise ExportError(f"{path}: voxel must be a positive number, got {voxel}")
+    min_conf = check_min_conf(min_conf, path)
     with _opened(store_or_path) as store:
         if voxel is not None:
-            xyz, rgb = store.map_points(world=world, voxel=float(voxel))
+            xyz, rgb = store.map_points(world=world, voxel=float(voxel)) if min_conf is None else _voxel_selected(
+                store, world, min_conf, float(voxel))
             write_ply(path, xyz, rgb)
             n = int(xyz.shape[0])
         else:
-            chunks = store.chunks_table()
-            nc = int(chunks["point_stop"].shape[0])
-            n = int(chunks["point_stop"][-1]) if nc else 0
+            if min_conf is None:
+                chunks = store.chunks_table()
+                n = int(chunks["point_stop"][-1]) if chunks["point_stop"].shape[0] else 0
+            else:  # a first pass counts the points kept: the PLY header declares the count
+                n = sum(int(xyz.shape[0]) for xyz, _ in selected_points(store, world=world, min_conf=min_conf))
             with PlyWriter(path, n, comment=f"da3stream map, {'world' if world else 'chunk'} frame") as w:
-                for block in store.iter_map_points(world=world, n_chunks=nc):
-                    w.write(block.xyz, block.rgb)
+                for xyz, rgb in selected_points(store, world=world, min_conf=min_conf):
+                    w.write(xyz, rgb)
     log.info("wrote %d points to %s", n, path)
     return n
+
+
+def collect_points(store: RunStore, *, world: bool = True, min_conf: Optional[float] = None,
+                   max_points: Optional[int] = None) -> tuple[np.ndarray, np.ndarray]:
+    """All points of :func:`selected_points` in memory: ``(xyz (P, 3) float32, rgb (P, 3) uint8)``."""
+    blocks = list(selected_points(store, world=world, min_conf=min_conf, max_points=max_points))
+    xyz = np.concatenate([b[0] for b in blocks]) if blocks else np.zeros((0, 3), np.float32)
+    rgb = np.concatenate([b[1] for b in blocks]) if blocks else np.zeros((0, 3), np.uint8)
+    return xyz, rgb
+
+
+def _voxel_selected(store: RunStore, world: bool, min_conf: float, voxel: float) -> tuple[np.ndarray, np.ndarray]:
+    """The points kept by ``min_conf``, voxel-downsampled."""
+    from da3stream.alignment.voxel import voxel_downsample
+
+    xyz, rgb = collect_points(store, world=world, min_conf=min_conf)
+    return voxel_downsample(xyz, rgb, voxel) if xyz.shape[0] else (xyz, rgb)
