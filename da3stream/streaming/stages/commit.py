@@ -143,7 +143,7 @@ class StoreStage:
 
 
 def _carry_state(carry: Carry) -> dict:
-    """The resume state a commit stores: the carry's rows, source indices and prediction."""
+    """The resume state a commit stores: the carry's rows, source indices and what alignment reads of its prediction."""
     out = {"carry_rows": carry.rows.astype(np.int64),
            "carry_indices": np.array([f.index for f in carry.frames], np.int64)}
     pred = carry.prediction
@@ -152,4 +152,6 @@ def _carry_state(carry: Carry) -> dict:
                    carry_intrinsics=pred.intrinsics)
         if pred.rays is not None:
             out["carry_rays"] = pred.rays.astype(np.float32)
+        if pred.ray_conf is not None:  # alignment weighs ray-grid points by it: resume needs it exactly
+            out["carry_ray_conf"] = pred.ray_conf.astype(np.float32)
     return out
