@@ -112,3 +112,49 @@ def test_resume_of_a_complete_run_changes_nothing(tmp_path, video_and_reference)
     s = reconstruct(str(video), out, predictor=small_predictor(seq), config=CFG, resume=True)
     assert s.status == "complete"
     np.testing.assert_allclose(trajectory(out)[1], before, atol=1e-12)
+
+
+class _InterruptedAt:
+    """A predictor that raises KeyboardInterrupt (Ctrl-C) at its ``call``-th forward."""
+
+    def __init__(self, inner, call: int) -> None:
+        self.inner, self.call, self.calls = inner, call, 0
+
+    def predict(self, batch, **kwargs):
+        self.calls += 1
+        if self.calls == self.call:
+            raise KeyboardInterrupt
+        return self.inner.predict(batch, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+@pytest.mark.parametrize("interrupt_at", [2, 3])
+def test_resume_with_the_network_predictor_is_exact(tmp_path, interrupt_at):
+    """The DA3 network carries rays, ray confidence and descriptors: the carry rebuilt from the store is exact."""
+    from da3stream.core import random_predictor
+
+    seq = small_sequence(20, width=64, height=48)
+    source = list(zip(seq.images(), seq.timestamps.tolist()))
+    cfg = {"chunk_size": 8, "overlap": 2, "keyframes.enabled": False, "loop.enabled": False}
+
+    def network():
+        return random_predictor("small", seed=0, process_res=70, device="cpu")
+
+    ref, out = tmp_path / "ref.zarr", tmp_path / "resumed.zarr"
+    reconstruct(source, ref, predictor=network(), config=cfg)
+    with pytest.raises(KeyboardInterrupt):
+        reconstruct(source, out, predictor=_InterruptedAt(network(), interrupt_at), config=cfg)
+    assert RunStore.open(out, "r").n_chunks == interrupt_at - 1
+    s = reconstruct(source, out, predictor=network(), config=cfg, resume=True)
+    assert s.resumed and s.status == "complete"
+    i_ref, p_ref = trajectory(ref)
+    i_res, p_res = trajectory(out)
+    np.testing.assert_array_equal(i_res, i_ref)
+    np.testing.assert_allclose(p_res, p_ref, rtol=0, atol=1e-9)
+    a, b = RunStore.open(ref), RunStore.open(out)
+    rows = np.arange(a.n_frames)
+    np.testing.assert_array_equal(b.depth(rows), a.depth(rows))
+    np.testing.assert_allclose(b.chunks_table()["world_from_chunk"], a.chunks_table()["world_from_chunk"], rtol=0,
+                               atol=1e-9)

@@ -25,7 +25,7 @@ class SourceConfig:
     topic: Optional[str] = None
     """Image topic of a ROS bag / MCAP source (needed when it has several)."""
     intrinsics: Optional[str] = None
-    """Known camera: "fx,fy,cx,cy[,k1,k2,p1,p2,...]", a calibration YAML path, or "camera_info" (bags); frames are undistorted on read."""
+    """Known camera: "fx,fy,cx,cy[,k1,k2,p1,p2,...]", a calibration YAML path, or "camera_info" (bags); frames are undistorted on read and the known camera replaces the predicted intrinsics."""
     undistort_alpha: Optional[float] = 0.0
     """Undistorted camera zoom: 0 keeps only valid pixels, 1 keeps every source pixel, None keeps K."""
     poses: Optional[str] = None

@@ -293,6 +293,8 @@ class StreamingReconstructor:
 
     def _source_opened(self, src) -> None:
         self.source_desc = self._source_description(src)
+        known_K = getattr(src, "intrinsics", None)  # a calibration (source.intrinsics) beats the network's guess
+        self.predict_stage.known_intrinsics = self.store_stage.known_intrinsics = known_K
         if self.store_stage.store is not None:
             self.store_stage.store.set_status("running")
 

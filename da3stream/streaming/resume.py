@@ -176,8 +176,13 @@ def _run_state(store, frames: dict, chunks: dict) -> RunState:
 
 
 def _carry_prediction(saved: dict) -> Optional[Prediction]:
-    """The carry frames' prediction saved with the last commit (None when the window had no overlap)."""
+    """The carry frames' prediction saved with the last commit (None when the window had no overlap).
+
+    Stores written before ``carry_ray_conf`` was saved resume with ray confidences resampled from ``conf``
+    (not bit-identical to the uninterrupted run when the ray grid is coarser than the depth grid).
+    """
     if "carry_depth" not in saved:
         return None
     return Prediction(depth=saved["carry_depth"], conf=saved["carry_conf"], world_from_cam=saved["carry_world_from_cam"],
-                      intrinsics=saved["carry_intrinsics"], rays=saved.get("carry_rays"))
+                      intrinsics=saved["carry_intrinsics"], rays=saved.get("carry_rays"),
+                      ray_conf=saved.get("carry_ray_conf"))

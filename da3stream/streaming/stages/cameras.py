@@ -2,6 +2,8 @@
 
 - :func:`poses_from_rays` replaces the camera head's poses and intrinsics by
   those fitted to DA3's ray map (``align.pose_source``).
+- :func:`use_known_intrinsics` replaces the predicted intrinsics by a known
+  calibration (``source.intrinsics``) mapped to the depth grid.
 - :class:`ImageGrid` maps between the predictor's depth grid and the original
   image: intrinsics are stored at the ORIGINAL resolution (docs/CONVENTIONS.md),
   colours on the depth grid.
@@ -22,7 +24,7 @@ from da3stream.errors import AlignmentError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ImageGrid", "poses_from_rays"]
+__all__ = ["ImageGrid", "poses_from_rays", "use_known_intrinsics"]
 
 
 def poses_from_rays(pred: Prediction, frames: list, pose_source: str) -> None:
@@ -40,6 +42,20 @@ def poses_from_rays(pred: Prediction, frames: list, pose_source: str) -> None:
         return
     pred.world_from_cam = chunk_from_cam
     pred.intrinsics = K
+
+
+def use_known_intrinsics(pred: Prediction, K_orig: np.ndarray, image_hw: tuple, predictor: Any) -> None:
+    """Set ``pred``'s intrinsics to the known ``K_orig`` (3, 3, at the original ``image_hw``) on its depth grid.
+
+    A known calibration beats the network's guess. The ray map is dropped with the
+    predicted intrinsics (after :func:`poses_from_rays` has taken the poses from it):
+    its directions encode the network's focal lengths, so alignment, loop
+    verification and fusion unproject depth with the known camera instead.
+    """
+    K = np.broadcast_to(np.asarray(K_orig, np.float64), (len(pred), 3, 3))
+    pred.intrinsics = ImageGrid.from_prediction(pred, image_hw, predictor).grid_intrinsics(K)
+    pred.rays = None
+    pred.ray_conf = None
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,8 @@ class StoreStage:
         self.writer = writer
         self.store = store
         self.grid = grid
+        self.known_intrinsics: Optional[np.ndarray] = None
+        """(3, 3) known calibration of the frames (original resolution), stored for every frame as given."""
 
     def create(self, *, config: dict, model: dict, source: dict, pred: Prediction, grid: ImageGrid,
                overwrite: bool, planned_process_res: Optional[int]) -> None:
@@ -92,7 +94,7 @@ class StoreStage:
             frame_timestamp=window.new_timestamps(),
             chunk_from_cam=window.chunk_from_cam_new,
             world_from_cam=window.world_from_cam_new,
-            intrinsics=self.grid.orig_intrinsics(pred.intrinsics[new]),
+            intrinsics=self._orig_intrinsics(pred.intrinsics[new]),
             depth=pred.depth[new],
             conf=pred.conf[new],
             rgb=window.rgb_new if self.cfg.save_rgb else None,
@@ -120,6 +122,12 @@ class StoreStage:
                         "chunk_size": chunk_size},
         )
 
+    def _orig_intrinsics(self, K_grid: np.ndarray) -> np.ndarray:
+        """(n, 3, 3) intrinsics to store: the known calibration exactly, else ``K_grid`` mapped to the original image."""
+        if self.known_intrinsics is not None:
+            return np.broadcast_to(np.asarray(self.known_intrinsics, np.float64), K_grid.shape).copy()
+        return self.grid.orig_intrinsics(K_grid)
+
     def fetch_frames(self, rows: np.ndarray):
         """Stored data of committed frames, for loop verification."""
         from da3stream.streaming.loops.closer import FrameData
@@ -143,7 +151,7 @@ class StoreStage:
 
 
 def _carry_state(carry: Carry) -> dict:
-    """The resume state a commit stores: the carry's rows, source indices and prediction."""
+    """The resume state a commit stores: the carry's rows, source indices and what alignment reads of its prediction."""
     out = {"carry_rows": carry.rows.astype(np.int64),
            "carry_indices": np.array([f.index for f in carry.frames], np.int64)}
     pred = carry.prediction
@@ -152,4 +160,6 @@ def _carry_state(carry: Carry) -> dict:
                    carry_intrinsics=pred.intrinsics)
         if pred.rays is not None:
             out["carry_rays"] = pred.rays.astype(np.float32)
+        if pred.ray_conf is not None:  # alignment weighs ray-grid points by it: resume needs it exactly
+            out["carry_ray_conf"] = pred.ray_conf.astype(np.float32)
     return out

@@ -4,7 +4,8 @@ The stage builds the :class:`~da3stream.core.types.FrameBatch`, conditions it
 on known cameras when a pose prior is given, checks the output against the
 Prediction contract, rejects a window whose output is unusable as a whole
 (:class:`~da3stream.errors.RejectedWindow`: non-finite cameras, no finite
-depth), fits poses to the ray map (:mod:`.cameras`) and masks scattered
+depth), fits poses to the ray map (:mod:`.cameras`), puts a known
+calibration in place of the predicted intrinsics and masks scattered
 non-finite depth. It runs in the predict-ahead worker thread when
 ``predict_ahead`` is on, so it touches nothing of the run state.
 
@@ -27,7 +28,7 @@ import numpy as np
 
 from da3stream.core.types import FrameBatch, Prediction, Predictor
 from da3stream.errors import PredictionError, RejectedWindow
-from da3stream.streaming.stages.cameras import poses_from_rays
+from da3stream.streaming.stages.cameras import poses_from_rays, use_known_intrinsics
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,14 @@ class PredictStage:
         self.pose_source = pose_source
         self.known: Optional[KnownCameras] = None
         """Set once the source is open, when the run is conditioned on known cameras."""
+        self.known_intrinsics: Optional[np.ndarray] = None
+        """(3, 3) calibration of the frames as delivered (``FrameSource.intrinsics``), set once the source is open.
+
+        It replaces the predicted intrinsics of every window (:func:`~.cameras.use_known_intrinsics`). The
+        predictor is conditioned on it only together with known poses: DA3's camera encoder encodes the
+        whole camera of every view (translation, rotation, field of view), and the official network
+        builds the camera token only when extrinsics are given (intrinsics alone are ignored), so ours
+        refuses intrinsics without poses rather than invent them."""
         self._timer_add = timer_add
 
     def __call__(self, frames: list) -> Prediction:
@@ -90,6 +99,8 @@ class PredictStage:
         if bad.all():
             raise RejectedWindow(f"window of frames {frames[0].index}-{frames[-1].index}: no finite depth")
         poses_from_rays(pred, frames, self.pose_source)
+        if self.known_intrinsics is not None:
+            use_known_intrinsics(pred, self.known_intrinsics, frames[0].image.shape[:2], self.predictor)
         if bad.any():
             n_bad = int(bad.sum())
             self._timer_add("nonfinite_depth_values", n_bad)
