@@ -19,6 +19,7 @@ SUBCOMMANDS = {
     "killresume": "SIGKILL a run at random moments, resume it, compare with the uninterrupted run",
     "memory": "CPU memory model vs measured peak RSS, with the CPU, BLAS kernels and allocator it ran on",
     "registration": "window registration time at the pipeline's correspondence counts",
+    "accuracy": "engine vs DA3-Streaming-style, naive chaining and the perfect-gauge floor on the same predictions",
 }
 
 
