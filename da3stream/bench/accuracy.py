@@ -13,6 +13,9 @@ every method sees exactly the same numbers:
 - ``da3_streaming_style``: :func:`da3stream.bench.baselines.da3_streaming_trajectory`
   (confidence-filtered overlap point maps, weighted IRLS Sim(3) with a Huber
   kernel, chained) on the windows the loops-off engine predicted, in order;
+  as published, on depth + camera-head point maps; ``da3_streaming_style_rays``
+  the same on ray-map points with ray-fitted poses (the engine's pose source).
+  The targets compare the engine with the BETTER of the two;
 - ``perfect_gauge_floor``: those windows placed by their TRUE gauge
   (:func:`da3stream.bench.baselines.perfect_gauge_floor`): the intra-window error alone.
 
@@ -261,6 +264,7 @@ def run_one(name: str, seed: int, args, work: Path) -> dict:
     windows = cache.windows(sequential)
     gt = seq.world_from_cam
     methods["da3_streaming_style"] = score(gt, *da3_streaming_trajectory(windows))
+    methods["da3_streaming_style_rays"] = score(gt, *da3_streaming_trajectory(windows, use_rays=True))
     gauge = lambda indices: sim.window_gauge(indices, seq.image_hw)  # noqa: E731
     methods["perfect_gauge_floor"] = score(gt, *perfect_gauge_floor(windows, gauge))
     return {"preset": name, "seed": seed, "frames": len(seq), "image_hw": list(seq.image_hw),
@@ -277,11 +281,14 @@ def _err(m: dict) -> Optional[float]:
 def ratios(methods: dict) -> dict:
     """Engine / DA3-Streaming-style, engine / naive, loop drift removed, loop verification cost."""
     on, off = _err(methods["engine_loops_on"]), _err(methods["engine_loops_off"])
-    d3, naive, floor = _err(methods["da3_streaming_style"]), _err(methods["naive_chaining"]), _err(methods["perfect_gauge_floor"])
+    d3, d3r = _err(methods["da3_streaming_style"]), _err(methods["da3_streaming_style_rays"])
+    naive, floor = _err(methods["naive_chaining"]), _err(methods["perfect_gauge_floor"])
     above = off - floor
     return {
         "metric": "ate_rmse" if methods["engine_loops_on"].get("ate_rmse") is not None else "are_deg",
         "engine_over_da3_streaming": on / max(d3, 1e-12),
+        "engine_over_da3_streaming_rays": on / max(d3r, 1e-12),
+        "engine_over_best_da3_streaming": on / max(min(d3, d3r), 1e-12),
         "engine_loops_off_over_da3_streaming": off / max(d3, 1e-12),
         "engine_over_naive": on / max(naive, 1e-12),
         "floor_over_da3_streaming": floor / max(d3, 1e-12),
@@ -321,9 +328,10 @@ def targets(summary: dict, only_required_fields: bool) -> dict:
     ratio = {}
     for name, s in summary.items():
         limit = TARGET_RATIO_LOOPS if s["revisits"] else TARGET_RATIO_NO_REVISIT
-        value = s["ratios"]["engine_over_da3_streaming"]
+        value = s["ratios"]["engine_over_best_da3_streaming"]
         ratio[name] = {"value": value, "limit": limit, "met": value is not None and value <= limit}
-    out["engine_over_da3_streaming"] = {"per_preset": ratio, "met": all(v["met"] for v in ratio.values())}
+    out["engine_over_da3_streaming"] = {"against": "the better of da3_streaming_style and da3_streaming_style_rays",
+                                        "per_preset": ratio, "met": all(v["met"] for v in ratio.values())}
     drift = {name: {"value": s["ratios"]["loop_drift_removed"], "limit": TARGET_DRIFT_REMOVED,
                     "met": s["ratios"]["loop_drift_removed"] is not None and s["ratios"]["loop_drift_removed"] >= TARGET_DRIFT_REMOVED}
              for name, s in summary.items() if s["revisits"]}

@@ -9,6 +9,8 @@
   (:class:`Da3StreamingParams`), by a weighted IRLS Sim(3) (closed-form weighted
   Umeyama inside, Huber weights on the point residuals, confidence as the prior
   weight); the Sim(3)s are chained window to window, without loop closure.
+  ``use_rays`` is a variant on the ray-map points and ray-fitted poses (the
+  engine's own pose source).
 - :func:`perfect_gauge_floor`: each window's cameras moved into the world by its
   TRUE ``world_from_chunk`` (the inverse of the simulator's gauge): no chaining
   error at all; what remains is the error inside each window.
@@ -29,7 +31,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from da3stream.alignment.points import unproject_depth
+from da3stream.alignment.points import points_from_rays, unproject_depth
 from da3stream.alignment.ray_pose import pose_from_rays
 from da3stream.alignment.sim3 import Sim3
 from da3stream.alignment.umeyama import umeyama
@@ -112,15 +114,31 @@ def _shared(prev: WindowRecord, cur: WindowRecord) -> tuple[np.ndarray, np.ndarr
     return ia, ib
 
 
-def _overlap_pairs(prev: WindowRecord, cur: WindowRecord, params: Da3StreamingParams):
+def point_map(pred: Prediction, rows: np.ndarray, use_rays: bool) -> tuple[np.ndarray, np.ndarray]:
+    """``(points (M, 3), confidence (M,))`` of the frames ``rows`` of a prediction, pixel by pixel.
+
+    ``use_rays``: ``origin + depth * direction`` on the ray grid with the ray
+    confidence (when the prediction has rays); otherwise the depth unprojected
+    with the camera head's poses and intrinsics (DA3-Streaming's point maps).
+    """
+    if use_rays and pred.rays is not None:
+        pts = points_from_rays(pred.rays[rows], pred.depth[rows])
+        conf = pred.ray_conf[rows] if pred.ray_conf is not None else np.ones(pts.shape[:3], np.float32)
+    else:
+        pts = unproject_depth(pred.depth[rows], pred.intrinsics[rows], np.asarray(pred.world_from_cam, np.float64)[rows])
+        conf = pred.conf[rows]
+    return pts.reshape(-1, 3), np.asarray(conf, np.float64).reshape(-1)
+
+
+def _overlap_pairs(prev: WindowRecord, cur: WindowRecord, params: Da3StreamingParams, use_rays: bool):
     """``(src points in cur, dst points in prev, prior weights)`` of the confident shared pixels, or None."""
     ia, ib = _shared(prev, cur)
     if ia.size == 0:
         return None
-    pa, pb = prev.prediction, cur.prediction
-    dst = unproject_depth(pa.depth[ia], pa.intrinsics[ia], np.asarray(pa.world_from_cam, np.float64)[ia]).reshape(-1, 3)
-    src = unproject_depth(pb.depth[ib], pb.intrinsics[ib], np.asarray(pb.world_from_cam, np.float64)[ib]).reshape(-1, 3)
-    ca, cb = pa.conf[ia].reshape(-1).astype(np.float64), pb.conf[ib].reshape(-1).astype(np.float64)
+    dst, ca = point_map(prev.prediction, ia, use_rays)
+    src, cb = point_map(cur.prediction, ib, use_rays)
+    if dst.shape != src.shape:
+        return None
     finite = np.all(np.isfinite(dst), axis=1) & np.all(np.isfinite(src), axis=1)
     keep = finite & (ca >= params.conf_mean_fraction * ca[finite].mean()) & (cb >= params.conf_mean_fraction * cb[finite].mean())
     if keep.sum() < params.min_points:
@@ -132,15 +150,18 @@ def _overlap_pairs(prev: WindowRecord, cur: WindowRecord, params: Da3StreamingPa
     return src[sel].astype(np.float64), dst[sel].astype(np.float64), np.sqrt(ca[sel] * cb[sel])
 
 
-def da3_streaming_chain(windows: Sequence[WindowRecord], params: Da3StreamingParams = Da3StreamingParams()) -> list[Sim3]:
+def da3_streaming_chain(windows: Sequence[WindowRecord], params: Da3StreamingParams = Da3StreamingParams(),
+                        use_rays: bool = False) -> list[Sim3]:
     """``world_from_chunk`` of every window, chained by the DA3-Streaming-style overlap registration.
+
+    ``use_rays``: register ray-map points (see :func:`point_map`) instead of the published depth + camera-head points.
 
     The first window defines the world. A window that shares no frame (or no
     usable pixel) with the previous one keeps the previous window's transform.
     """
     out = [Sim3.identity()]
     for prev, cur in zip(windows[:-1], windows[1:]):
-        pairs = _overlap_pairs(prev, cur, params)
+        pairs = _overlap_pairs(prev, cur, params, use_rays)
         if pairs is None:
             log.warning("DA3-Streaming-style: window at frame %d shares nothing with its predecessor", int(cur.indices[0]))
             out.append(out[-1])
@@ -166,10 +187,19 @@ def trajectory_from_windows(windows: Sequence[WindowRecord], world_from_chunk: S
     return idx, np.stack([poses[int(i)] for i in idx])
 
 
-def da3_streaming_trajectory(windows: Sequence[WindowRecord], params: Da3StreamingParams = Da3StreamingParams()):
-    """``(indices, world_from_cam)`` of the DA3-Streaming-style chain (its cameras: the camera head)."""
-    return trajectory_from_windows(windows, da3_streaming_chain(windows, params),
-                                   lambda p: np.asarray(p.world_from_cam, np.float64))
+def da3_streaming_trajectory(windows: Sequence[WindowRecord], params: Da3StreamingParams = Da3StreamingParams(),
+                             use_rays: bool = False):
+    """``(indices, world_from_cam)`` of the DA3-Streaming-style chain.
+
+    As published (``use_rays`` False): depth + camera-head point maps and the
+    camera head's poses. With ``use_rays``: ray-map points and poses fitted to
+    the rays, the engine's pose source (a variant, so the comparison does not
+    hinge on the pose source alone).
+    """
+    chain = da3_streaming_chain(windows, params, use_rays)
+    if use_rays:
+        return trajectory_from_windows(windows, chain, window_poses)
+    return trajectory_from_windows(windows, chain, lambda p: np.asarray(p.world_from_cam, np.float64))
 
 
 def perfect_gauge_floor(windows: Sequence[WindowRecord], chunk_from_world: Callable[[np.ndarray], Sim3],
