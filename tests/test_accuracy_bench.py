@@ -203,3 +203,11 @@ def test_false_loops_and_rotation_error():
     Q = P.copy()
     Q[:, :3, :3] = R @ Q[:, :3, :3]
     assert rotation_rmse_deg(P, Q) < 1e-6
+
+
+def test_sim_set_switches_one_honest_mode_off():
+    from da3stream.bench.accuracy import sim_params
+
+    p = sim_params("honest", ["failed_block_prob=0", "ray_grid_ratio=1.0"])
+    assert p == SimParams.honest(failed_block_prob=0.0, ray_grid_ratio=1.0)
+    assert sim_params("default", []) == SimParams()

@@ -97,6 +97,8 @@ def add_arguments(p) -> None:
     p.add_argument("--chunk-size", type=int, default=60)
     p.add_argument("--overlap", type=int, default=20)
     p.add_argument("--sim", choices=("honest", "default"), default="honest", help="simulator error model")
+    p.add_argument("--sim-set", nargs="+", default=[], metavar="FIELD=VALUE",
+                   help="override SimParams fields on top of --sim (switch one honest mode off: failed_block_prob=0)")
     p.add_argument("--only-required-fields", action="store_true",
                    help="strip rays, descriptors, sky and metric depth from every prediction")
     p.add_argument("--out-dir", default=None, help="where the stores go (default: a temporary folder)")
@@ -253,10 +255,10 @@ def engine_run(seq, cache: CachingPredictor, store: Path, config: dict) -> dict:
 
 def run_one(name: str, seed: int, args, work: Path) -> dict:
     """Every method on one preset and seed, on one set of cached predictions."""
-    from da3stream.synthetic import SimParams, SimulatedPredictor
+    from da3stream.synthetic import SimulatedPredictor
 
     seq = build_sequence(name, args.frames, args.max_side, seed)
-    params = SimParams.honest() if args.sim == "honest" else SimParams()
+    params = sim_params(args.sim, getattr(args, "sim_set", []))
     sim = SimulatedPredictor(seq, depth_hw=seq.image_hw, params=params, seed=seed)
     cache = CachingPredictor(sim, only_required_fields=args.only_required_fields)
     base = {"chunk_size": args.chunk_size, "overlap": args.overlap}  # loop verification reads the stored rgb
@@ -276,6 +278,26 @@ def run_one(name: str, seed: int, args, work: Path) -> dict:
             "revisits": PRESETS[name][2], "sequential_windows": len(sequential),
             "network_calls": cache.network_calls, "network_frames": cache.network_frames,
             "methods": methods, "ratios": ratios(methods)}
+
+
+def sim_params(kind: str, overrides: list):
+    """``SimParams.honest()`` or ``SimParams()`` with ``FIELD=VALUE`` overrides (values parsed as YAML)."""
+    import dataclasses as dc
+
+    import yaml
+
+    from da3stream.synthetic import SimParams
+
+    base = SimParams.honest() if kind == "honest" else SimParams()
+    changes = {}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise Da3StreamError(f"--sim-set {item!r}: expected FIELD=VALUE")
+        changes[key.strip()] = yaml.safe_load(value)
+    merged = {f.name: getattr(base, f.name) for f in dc.fields(base)}
+    merged.update(changes)
+    return SimParams.from_mapping(merged)
 
 
 def _err(m: dict) -> Optional[float]:
@@ -374,7 +396,7 @@ def run(args) -> dict:
         if tmp is not None:
             tmp.cleanup()
     summary = summarize(runs)
-    return {"sim": args.sim, "only_required_fields": bool(args.only_required_fields),
+    return {"sim": args.sim, "sim_set": list(getattr(args, "sim_set", [])), "only_required_fields": bool(args.only_required_fields),
             "chunk_size": args.chunk_size, "overlap": args.overlap, "max_side": args.max_side,
             "false_loop_definition": {"max_distance_m": FALSE_LOOP_M, "max_angle_deg": FALSE_LOOP_DEG},
             "runs": runs, "summary": summary, "targets": targets(summary, args.only_required_fields),
