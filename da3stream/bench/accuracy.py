@@ -217,14 +217,19 @@ def score(gt_world_from_cam: np.ndarray, indices: np.ndarray, est_world_from_cam
     return out
 
 
-def false_loops(gt_world_from_cam: np.ndarray, pairs: np.ndarray) -> int:
-    """Accepted loop edges (source index pairs (L, 2)) whose true poses are far apart (see the module doc)."""
-    if pairs.size == 0:
-        return 0
+def loop_pair_distances(gt_world_from_cam: np.ndarray, pairs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(centre distance (L,) m, viewing-direction angle (L,) deg)`` of the true poses of loop pairs (L, 2)."""
+    pairs = np.asarray(pairs, np.int64).reshape(-1, 2)
     a, b = gt_world_from_cam[pairs[:, 0]], gt_world_from_cam[pairs[:, 1]]
     dist = np.linalg.norm(a[:, :3, 3] - b[:, :3, 3], axis=1)
     cos = np.clip(np.einsum("ni,ni->n", a[:, :3, 2], b[:, :3, 2]), -1.0, 1.0)
-    return int(np.sum((dist > FALSE_LOOP_M) | (np.degrees(np.arccos(cos)) > FALSE_LOOP_DEG)))
+    return dist, np.degrees(np.arccos(cos))
+
+
+def false_loops(gt_world_from_cam: np.ndarray, pairs: np.ndarray) -> int:
+    """Accepted loop edges (source index pairs (L, 2)) whose true poses are far apart (see the module doc)."""
+    dist, angle = loop_pair_distances(gt_world_from_cam, pairs)
+    return int(np.sum((dist > FALSE_LOOP_M) | (angle > FALSE_LOOP_DEG)))
 
 
 # ----------------------------------------------------------------------------- one preset and seed
@@ -247,6 +252,8 @@ def engine_run(seq, cache: CachingPredictor, store: Path, config: dict) -> dict:
     out = score(seq.world_from_cam, idx, frames["world_from_cam"])
     out.update(status=summary.status, accepted_loops=int(summary.n_loops), loop_candidates=int(summary.n_loop_candidates),
                false_loops=false_loops(seq.world_from_cam, pairs), n_chunks=int(summary.n_chunks),
+               loop_pair_max_distance_m=float(loop_pair_distances(seq.world_from_cam, pairs)[0].max()) if len(pairs) else None,
+               loop_pair_max_angle_deg=float(loop_pair_distances(seq.world_from_cam, pairs)[1].max()) if len(pairs) else None,
                predicted_frames_per_frame=cache.requested_frames / max(int(summary.n_frames), 1),
                seconds=round(seconds, 2))
     shutil.rmtree(store, ignore_errors=True)

@@ -1,6 +1,7 @@
 """A SIMULATOR of Depth Anything 3's outputs and error modes, driven by ground truth.
 
-:class:`SimulatedPredictor` is **not a model**: it never looks at pixels. It
+:class:`SimulatedPredictor` is **not a model**: it never looks at pixels
+(except the honest preset's descriptors, computed from the batch's pixels). It
 looks up the ground truth of the frames in a window by ``FrameBatch.indices``
 and degrades it with seeded, named error modes (:class:`SimParams`) chosen to
 resemble what DA3 gets wrong:
