@@ -250,10 +250,11 @@ def engine_run(seq, cache: CachingPredictor, store: Path, config: dict) -> dict:
     idx = frames["index"].astype(np.int64)
     pairs = np.stack([idx[loops["frame_i"]], idx[loops["frame_j"]]], axis=1) if len(loops.get("frame_i", [])) else np.zeros((0, 2), np.int64)
     out = score(seq.world_from_cam, idx, frames["world_from_cam"])
+    dist, angle = loop_pair_distances(seq.world_from_cam, pairs)
     out.update(status=summary.status, accepted_loops=int(summary.n_loops), loop_candidates=int(summary.n_loop_candidates),
                false_loops=false_loops(seq.world_from_cam, pairs), n_chunks=int(summary.n_chunks),
-               loop_pair_max_distance_m=float(loop_pair_distances(seq.world_from_cam, pairs)[0].max()) if len(pairs) else None,
-               loop_pair_max_angle_deg=float(loop_pair_distances(seq.world_from_cam, pairs)[1].max()) if len(pairs) else None,
+               loop_pair_max_distance_m=float(dist.max()) if dist.size else None,
+               loop_pair_max_angle_deg=float(angle.max()) if angle.size else None,
                predicted_frames_per_frame=cache.requested_frames / max(int(summary.n_frames), 1),
                seconds=round(seconds, 2))
     shutil.rmtree(store, ignore_errors=True)
@@ -289,8 +290,6 @@ def run_one(name: str, seed: int, args, work: Path) -> dict:
 
 def sim_params(kind: str, overrides: list):
     """``SimParams.honest()`` or ``SimParams()`` with ``FIELD=VALUE`` overrides (values parsed as YAML)."""
-    import dataclasses as dc
-
     import yaml
 
     from da3stream.synthetic import SimParams
@@ -302,7 +301,7 @@ def sim_params(kind: str, overrides: list):
         if not sep:
             raise Da3StreamError(f"--sim-set {item!r}: expected FIELD=VALUE")
         changes[key.strip()] = yaml.safe_load(value)
-    merged = {f.name: getattr(base, f.name) for f in dc.fields(base)}
+    merged = {f.name: getattr(base, f.name) for f in dataclasses.fields(base)}
     merged.update(changes)
     return SimParams.from_mapping(merged)
 
