@@ -211,3 +211,13 @@ def test_sim_set_switches_one_honest_mode_off():
     p = sim_params("honest", ["failed_block_prob=0", "ray_grid_ratio=1.0"])
     assert p == SimParams.honest(failed_block_prob=0.0, ray_grid_ratio=1.0)
     assert sim_params("default", []) == SimParams()
+
+
+def test_score_of_a_camera_that_does_not_move_uses_rotation():
+    from da3stream.bench.accuracy import score
+
+    gt = np.tile(np.eye(4), (10, 1, 1))
+    est = gt.copy()
+    est[:, :3, 3] = np.random.default_rng(0).normal(size=(10, 3)) * 0.01
+    out = score(gt, np.arange(10), est)
+    assert out["ate_rmse"] is None and out["are_deg"] < 1e-9

@@ -78,6 +78,9 @@ than ``loop.exclude_seconds`` (20 s): the frame counts put each revisit more
 than 20 s after the first visit (the street loop's second lap starts at ~29 s
 of 60 s; the drone's single orbit and the walks close at their end)."""
 
+MIN_PATH_SPREAD_M = 1e-3
+"""A ground truth whose camera centres span less than this (metres) has no ATE (pure rotation): ratios use ``are_deg``."""
+
 OPTIONAL_FIELDS = ("rays", "ray_conf", "descriptors", "sky", "metric_depth")
 """``Prediction`` fields ``--only-required-fields`` removes."""
 
@@ -209,6 +212,10 @@ def score(gt_world_from_cam: np.ndarray, indices: np.ndarray, est_world_from_cam
 
     gt = gt_world_from_cam[indices]
     out = {"n_frames": int(indices.size), "are_deg": rotation_rmse_deg(gt, est_world_from_cam)}
+    centres = gt[:, :3, 3]
+    if float(np.ptp(centres, axis=0).max()) < MIN_PATH_SPREAD_M:  # Umeyama would shrink the estimate to a point
+        out.update(ate_rmse=None, ate_percent_of_path=None, path_length=0.0, ate_note="the true camera does not move")
+        return out
     try:
         e = trajectory_errors(gt, est_world_from_cam)
         out.update(ate_rmse=e["ate_rmse"], ate_percent_of_path=e["ate_percent_of_path"], path_length=e["path_length"])
