@@ -20,6 +20,7 @@ SUBCOMMANDS = {
     "memory": "CPU memory model vs measured peak RSS, with the CPU, BLAS kernels and allocator it ran on",
     "lie": "Sim(3) Exp/Log/action: alignment.lie vs pypose (when installed)",
     "registration": "window registration time at the pipeline's correspondence counts",
+    "accuracy": "engine vs DA3-Streaming-style, naive chaining and the perfect-gauge floor on the same predictions",
 }
 
 

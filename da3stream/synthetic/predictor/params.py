@@ -122,6 +122,36 @@ class SimParams:
     alias_run_gap_frames: int = 60
     """Index gap that separates two runs of a window for ``alias_hallucination`` (larger than any keyframe gap)."""
 
+    # --- honest modes (issue 11; all off by default, on in SimParams.honest()) ---------
+    descriptor_source: str = "pose"
+    """Where descriptors come from: "pose" (random Fourier features of the true pose; not honest) or "pixels" (a fixed random projection of each rendered image's colour thumbnail and gradient histogram: ``FrameBatch.images`` only)."""
+    ray_origin_noise_rel: float = 0.0
+    """Per-ray std of the ray origin's scatter around the camera centre, per axis, as a fraction of the median true depth."""
+    ray_dir_noise_deg: float = 0.0
+    """Per-ray std of the ray direction's angular error per axis, degrees (the direction is rescaled to camera-z 1 afterwards)."""
+    geom_trans_walk_rel: float = 0.0
+    """Geometry (ray) pose: camera-centre random-walk step std per axis per frame, relative to the window's extent (an intra-window drift the rays carry)."""
+    depth_window_bias_std: float = 0.0
+    """Std of a smooth log-depth bias field drawn per window (the same for every frame of the window, different in every window)."""
+    depth_scale_walk_std: float = 0.0
+    """Std of a per-frame log-depth-scale random-walk step inside a window (zero at the middle frame; not shared across windows)."""
+    failed_block_prob: float = 0.0
+    """Probability that a window has a failed sub-block: a contiguous run of frames whose poses and depth are badly wrong (confidence barely lower)."""
+    failed_block_frames: tuple = (3, 8)
+    """(min, max) length of a failed sub-block, frames (uniform; clipped to the window)."""
+    failed_block_rot_deg: float = 4.0
+    """Std per axis of the failed sub-block's common rotation error, degrees."""
+    failed_block_trans_rel: float = 0.05
+    """Std per axis of the failed sub-block's common camera-centre error, as a fraction of the median true depth."""
+    failed_block_depth_log: float = 0.15
+    """Std of the failed sub-block's common log-depth-scale error."""
+    wrong_region_rate: float = 0.0
+    """Mean number (Poisson) per frame of confidently wrong elliptic regions: depth off by a constant factor, confidence HIGH."""
+    wrong_region_log_err: float = 0.25
+    """Magnitude of the log-depth error inside a wrong region (sign random per region)."""
+    wrong_region_conf_log: float = 2.8
+    """log(conf - 1) inside a wrong region (above ``conf_log_base``: the network is sure)."""
+
     # --- optional outputs -------------------------------------------------------------
     with_rays: bool = True
     """Emit DA3-style rays (N, hr, wr, 6) = [origin, direction] from the geometry pose: point = origin + depth * direction."""
@@ -146,6 +176,13 @@ class SimParams:
                 raise ConfigError(f"SimParams.{name} must be in [{lo:g}, {hi:g}{']' if closed_hi else ')'}, got {value}")
         if not 0.0 < self.ray_grid_ratio <= 1.0:
             raise ConfigError(f"SimParams.ray_grid_ratio must be in (0, 1], got {self.ray_grid_ratio}")
+        if self.descriptor_source not in ("pose", "pixels"):
+            raise ConfigError(f"SimParams.descriptor_source must be pose or pixels, got {self.descriptor_source!r}")
+        if not 0.0 <= self.failed_block_prob <= 1.0:
+            raise ConfigError(f"SimParams.failed_block_prob must be in [0, 1], got {self.failed_block_prob}")
+        lo_f, hi_f = self.failed_block_frames
+        if not 1 <= lo_f <= hi_f:
+            raise ConfigError(f"SimParams.failed_block_frames must satisfy 1 <= min <= max, got {self.failed_block_frames}")
         if self.descriptor_dim < 2 or self.depth_noise_cells < 1:
             raise ConfigError("SimParams.descriptor_dim must be >= 2 and depth_noise_cells >= 1")
         for name in ("desc_place_sigma_m", "desc_heading_sigma_deg"):
@@ -166,6 +203,22 @@ class SimParams:
         base.update(overrides)
         return SimParams(**base)
 
+    @staticmethod
+    def honest(**overrides) -> "SimParams":
+        """Every honest error mode on (issue 11; docs/SIMULATOR.md lists each one and its magnitude).
+
+        No output is a function of the true pose that a network could not
+        compute from pixels: descriptors come from the pixels, rays carry
+        per-ray noise on DA3's coarser ray grid (8/14 of the depth grid), depth
+        errors are independent per window (nothing shared cancels in the
+        overlap), the geometry drifts inside a window, and some windows have a
+        failed sub-block and confidently wrong regions. Switch one mode off by
+        overriding its field with the default, e.g. ``SimParams.honest(failed_block_prob=0.0)``.
+        """
+        base = dict(HONEST)
+        base.update(overrides)
+        return SimParams(**base)
+
     def replace(self, **changes) -> "SimParams":
         """A copy with some fields changed."""
         return replace(self, **changes)
@@ -183,3 +236,19 @@ _UNIT_RANGES = (
     ("depth_noise_shared", 0.0, 1.0, True),
 )
 """(field, low, high, high included) of the fractions :meth:`SimParams.__post_init__` checks."""
+
+
+HONEST = {
+    "descriptor_source": "pixels",
+    "ray_grid_ratio": 8.0 / 14.0,
+    "ray_origin_noise_rel": 0.01,
+    "ray_dir_noise_deg": 0.3,
+    "geom_rot_walk_deg": 0.03,
+    "geom_trans_walk_rel": 0.002,
+    "depth_noise_shared": 0.0,
+    "depth_window_bias_std": 0.02,
+    "depth_scale_walk_std": 0.002,
+    "failed_block_prob": 0.15,
+    "wrong_region_rate": 0.3,
+}
+"""Fields :meth:`SimParams.honest` changes from the defaults (the honest preset's magnitudes)."""

@@ -101,7 +101,7 @@ def noisy_poses(gt: GroundTruth, p: SimParams, seed: int, idx: np.ndarray, key: 
     extent = float(np.linalg.norm(centres.max(axis=0) - centres.min(axis=0)))
     gen = window_rng(seed, key, S_POSE)
     geom = perturb(P, gen, extent, median_depth, p.geom_rot_jitter_deg, p.geom_rot_walk_deg,
-                   p.geom_trans_jitter_rel, 0.0, p.geom_trans_floor_rel_depth)
+                   p.geom_trans_jitter_rel, p.geom_trans_walk_rel, p.geom_trans_floor_rel_depth)
     head = perturb(geom, gen, extent, median_depth, p.pose_rot_jitter_deg, p.pose_rot_walk_deg,
                    p.pose_trans_jitter_rel, p.pose_trans_walk_rel, p.pose_trans_floor_rel_depth)
     return geom, head

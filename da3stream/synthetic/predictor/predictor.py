@@ -1,6 +1,7 @@
 """A SIMULATOR of Depth Anything 3's outputs and error modes, driven by ground truth.
 
-:class:`SimulatedPredictor` is **not a model**: it never looks at pixels. It
+:class:`SimulatedPredictor` is **not a model**: it never looks at pixels
+(except the honest preset's descriptors, computed from the batch's pixels). It
 looks up the ground truth of the frames in a window by ``FrameBatch.indices``
 and degrades it with seeded, named error modes (:class:`SimParams`) chosen to
 resemble what DA3 gets wrong:
@@ -41,8 +42,8 @@ import numpy as np
 from da3stream.alignment.sim3 import Sim3
 from da3stream.core.types import FrameBatch, Prediction
 from da3stream.errors import ConfigError, PredictionError, check_shape
-from da3stream.synthetic.predictor import noise, poses
-from da3stream.synthetic.predictor.descriptors import DescriptorModel
+from da3stream.synthetic.predictor import honest, noise, poses
+from da3stream.synthetic.predictor.descriptors import DescriptorModel, pixel_descriptors
 from da3stream.synthetic.predictor.params import SimParams
 from da3stream.synthetic.predictor.seeding import S_DEPTH, S_FOCAL, S_METRIC, S_SHARED, window_key, window_rng
 from da3stream.synthetic.predictor.truth import GroundTruth, da3_depth_hw, pixel_rays, scale_intrinsics
@@ -116,6 +117,7 @@ class SimulatedPredictor:
         if self.params.gauge == "first_frame":
             median_depth = self._gt_depth(idx, hw)[1]
             head = poses.noisy_poses(self.gt, self.params, self.seed, idx, key, median_depth)[1]
+            head = honest.fail_poses(honest.failed_block(self.params, self.seed, key, idx.size), head, median_depth)
             return poses.first_frame_gauge(self.params, self.seed, key, head)
         return poses.random_gauge(self.params, self.seed, key)
 
@@ -130,7 +132,7 @@ class SimulatedPredictor:
             raise PredictionError(
                 f"SimulatedPredictor: batch images are {img_hw[0]}x{img_hw[1]} but the ground truth is {gh}x{gw} (aspect differs)")
         hw = self.grid_hw(img_hw)
-        return self._predict(idx, hw, window_key(idx, hw))
+        return self._predict(idx, hw, window_key(idx, hw), batch.images)
 
     # ------------------------------------------------------------------ internals
 
@@ -160,7 +162,7 @@ class SimulatedPredictor:
             float(np.median(depth[finite])) if np.any(finite) else 1.0)
         return depth, med, sky, K_grid
 
-    def _predict(self, idx: np.ndarray, hw: tuple, key: tuple) -> Prediction:
+    def _predict(self, idx: np.ndarray, hw: tuple, key: tuple, images: Optional[np.ndarray] = None) -> Prediction:
         p = self.params
         depth_gt, med, sky, K_grid = self._gt_depth(idx, hw)
         finite = np.isfinite(depth_gt) & (depth_gt > 0)
@@ -170,6 +172,8 @@ class SimulatedPredictor:
             sky = sky | ~finite
 
         geom, head = poses.noisy_poses(self.gt, p, self.seed, idx, key, med)
+        block = honest.failed_block(p, self.seed, key, idx.size)
+        geom, head = honest.fail_poses(block, geom, med), honest.fail_poses(block, head, med)
         gauge = poses.window_gauge(p, self.seed, key, head)
         chunk_from_cam = gauge.apply_pose(head)
         if p.gauge == "first_frame":
@@ -181,17 +185,29 @@ class SimulatedPredictor:
             K[:, 0, 0] *= f_scale
             K[:, 1, 1] *= f_scale
 
-        depth, conf, metric = self._degrade_depth(idx, key, depth_gt, sky, gauge.s)
+        depth, conf, metric = self._degrade_depth(idx, key, depth_gt, sky, gauge.s, block)
         pred = Prediction(
             depth=depth, conf=conf, world_from_cam=chunk_from_cam, intrinsics=K,
-            descriptors=self._descriptors(self.gt, idx, key) if p.with_descriptors else None,
+            descriptors=self._window_descriptors(idx, key, images) if p.with_descriptors else None,
             metric_depth=metric, sky=sky.copy() if p.with_sky else None,
         )
         if p.with_rays:
-            pred.rays, pred.ray_conf = self._rays(gauge.apply_pose(geom), K, hw, conf)
+            chunk_from_geom = gauge.apply_pose(geom)
+            rays, pred.ray_conf = self._rays(chunk_from_geom, K, hw, conf)
+            pred.rays = honest.perturb_rays(p, self.seed, key, rays, chunk_from_geom,
+                                            p.ray_origin_noise_rel * med * gauge.s)
         return pred.validate(idx.size)
 
-    def _degrade_depth(self, idx: np.ndarray, key: tuple, depth_gt: np.ndarray, sky: np.ndarray, gauge_scale: float):
+    def _window_descriptors(self, idx: np.ndarray, key: tuple, images: Optional[np.ndarray]) -> np.ndarray:
+        """(N, D) descriptors: from the batch's pixels (``descriptor_source = "pixels"``) or from the pose model."""
+        if self.params.descriptor_source == "pixels":
+            if images is None or len(images) != idx.size:
+                raise PredictionError("SimulatedPredictor: descriptor_source 'pixels' needs the batch's images")
+            return pixel_descriptors(images, self.params.descriptor_dim, self.seed)
+        return self._descriptors(self.gt, idx, key)
+
+    def _degrade_depth(self, idx: np.ndarray, key: tuple, depth_gt: np.ndarray, sky: np.ndarray, gauge_scale: float,
+                       block: Optional[dict] = None):
         """(depth, conf, metric depth or None), each (N, h, w) float32: the noise of :mod:`.noise`, frame by frame."""
         p = self.params
         n, h, w = depth_gt.shape
@@ -200,11 +216,15 @@ class SimulatedPredictor:
         metric = np.empty((n, h, w), dtype=np.float32) if p.with_metric_depth else None
         metric_scale = float(np.exp(window_rng(self.seed, key, S_METRIC).standard_normal() * p.metric_scale_std))
         border = noise.border_mask(p, (h, w))
+        bias = honest.window_depth_bias(p, self.seed, key, n, (h, w))
+        any_honest = bias is not None or block is not None or p.wrong_region_rate > 0
         for i in range(n):
             edges = noise.depth_edges(depth_gt[i], p.edge_log_threshold) if p.edge_log_threshold > 0 else None
             shared = np.random.default_rng([self.seed, S_SHARED, int(idx[i]), h, w])
             log_err, conf_log = noise.frame_noise(p, depth_gt[i], sky[i], border, edges,
                                                   window_rng(self.seed, key, S_DEPTH, i), shared)
+            if any_honest:
+                honest.add_depth_errors(p, self.seed, key, i, sky[i], log_err, conf_log, bias, block)
             src = depth_gt[i] if edges is None else noise.flying_pixels(depth_gt[i], edges)
             rel = np.exp(log_err)
             np.multiply(src * rel, np.float32(gauge_scale), out=depth[i])

@@ -13,6 +13,8 @@ import numpy as np
 
 # random stream ids (part of every seed so streams never overlap)
 S_GAUGE, S_POSE, S_FOCAL, S_DEPTH, S_DESC, S_METRIC, S_DESC_BASIS, S_SHARED = range(1, 9)
+# streams of the honest modes (SimParams.honest); new ids, so the streams above are unchanged
+S_RAYS, S_WINDOW_BIAS, S_FAILED, S_WRONG = range(9, 13)
 
 
 def window_key(idx: np.ndarray, hw: tuple) -> tuple[int, int]:
