@@ -127,6 +127,15 @@ def test_model_random_small_runs_from_the_cli_and_is_labelled_random(tmp_path, p
     st = RunStore.open(out)
     assert st.status == "complete" and st.n_frames == 10
     assert st.model["weights_random"] is True and st.model["id"].startswith("random:small")
+    # the exports say so too: the PLY header and nerfstudio's transforms.json
+    import json
+
+    rc, err = run_cli(["export", out, "--ply", tmp_path / "map.ply", "--nerfstudio", tmp_path / "ns"], capsys)
+    assert rc == 0, err
+    header = (tmp_path / "map.ply").read_bytes().split(b"end_header")[0].decode()
+    assert "RANDOM weights" in header and "random:small" in header
+    meta = json.loads((tmp_path / "ns" / "transforms.json").read_text())["da3stream"]
+    assert meta["weights_random"] is True and meta["model"].startswith("random:small")
 
 
 def test_no_model_error_names_the_download_command_and_model_dir(tmp_path, png_folder, capsys):

@@ -53,7 +53,7 @@ from da3stream.io.export.depth import (
     make_dir, world_depth, write_json, write_png16, write_rgb_png,
 )
 from da3stream.io.export.ply import write_ply
-from da3stream.io.export.run_exports import check_min_conf, collect_points
+from da3stream.io.export.run_exports import check_min_conf, collect_points, model_label
 from da3stream.io.export.source_frames import write_source_images
 from da3stream.io.store import RunStore
 
@@ -128,7 +128,7 @@ def export_nerfstudio(store_or_path, out_dir: PathLike, *, every: int = 1, depth
 def _write_points(store: RunStore, out: Path, max_points: Optional[int], min_conf: Optional[float]) -> int:
     """Write ``points3D.ply`` (the run's world frame, the frame of ``transform_matrix``); return the point count."""
     xyz, rgb = collect_points(store, world=True, min_conf=min_conf, max_points=max_points)
-    write_ply(out / POINTS_FILE, xyz, rgb)
+    write_ply(out / POINTS_FILE, xyz, rgb, comment=f"da3stream map, world frame, model {model_label(store)}")
     return int(xyz.shape[0])
 
 
@@ -205,6 +205,9 @@ def _meta(store: RunStore, shared_intr: Optional[dict], frames: list, depth: boo
         "k1": 0.0, "k2": 0.0, "p1": 0.0, "p2": 0.0,
         "frames": frames,
         "da3stream": {
+            "model": store.model.get("id"),
+            "weights_random": bool(store.model.get("weights_random", False)),
+            "model_label": model_label(store),
             "resolution": ("the original image size (image_hw), frames re-read from the run's source" if original
                            else "the store's depth grid (depth_hw), not the original image size"),
             "original_hw": list(store.image_hw),

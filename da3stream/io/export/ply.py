@@ -122,10 +122,12 @@ class PlyWriter:
             self.abort()
 
 
-def write_ply(path: PathLike, xyz: np.ndarray, rgb: np.ndarray, normals: Optional[np.ndarray] = None) -> None:
-    """Write ``xyz`` (P, 3) float32, ``rgb`` (P, 3) uint8 and optional ``normals`` (P, 3) as binary PLY."""
+def write_ply(path: PathLike, xyz: np.ndarray, rgb: np.ndarray, normals: Optional[np.ndarray] = None,
+              comment: str = "") -> None:
+    """Write ``xyz`` (P, 3) float32, ``rgb`` (P, 3) uint8 and optional ``normals`` (P, 3) as binary PLY
+    (``comment``: one header comment line)."""
     check_shape("write_ply(xyz)", xyz, ("P", 3), "f")
-    with PlyWriter(path, xyz.shape[0], with_normals=normals is not None) as w:
+    with PlyWriter(path, xyz.shape[0], with_normals=normals is not None, comment=comment) as w:
         w.write(xyz, rgb, normals)
 
 

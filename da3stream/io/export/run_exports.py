@@ -204,6 +204,17 @@ def selected_points(store: RunStore, *, world: bool = True, min_conf: Optional[f
         yield block.xyz[keep], block.rgb[keep]
 
 
+def model_label(store: RunStore) -> str:
+    """The run's model as exports name it, e.g. ``random:small:seed0 (RANDOM weights: meaningless outputs)``."""
+    model = store.model
+    label = str(model.get("id", "unknown model"))
+    return label + (" (RANDOM weights: meaningless outputs)" if model.get("weights_random") else "")
+
+
+def _map_comment(store: RunStore, world: bool) -> str:
+    return f"da3stream map, {'world' if world else 'chunk'} frame, model {model_label(store)}"
+
+
 def export_ply(store_or_path: StoreLike, path: Union[str, os.PathLike], voxel: Optional[float] = None,
                world: bool = True, min_conf: Optional[float] = None) -> int:
     """Write the fused map as binary PLY; return the number of points written.
@@ -221,7 +232,7 @@ def export_ply(store_or_path: StoreLike, path: Union[str, os.PathLike], voxel: O
         if voxel is not None:
             xyz, rgb = store.map_points(world=world, voxel=float(voxel)) if min_conf is None else _voxel_selected(
                 store, world, min_conf, float(voxel))
-            write_ply(path, xyz, rgb)
+            write_ply(path, xyz, rgb, comment=_map_comment(store, world))
             n = int(xyz.shape[0])
         else:
             if min_conf is None:
@@ -229,7 +240,7 @@ def export_ply(store_or_path: StoreLike, path: Union[str, os.PathLike], voxel: O
                 n = int(chunks["point_stop"][-1]) if chunks["point_stop"].shape[0] else 0
             else:  # a first pass counts the points kept: the PLY header declares the count
                 n = sum(int(xyz.shape[0]) for xyz, _ in selected_points(store, world=world, min_conf=min_conf))
-            with PlyWriter(path, n, comment=f"da3stream map, {'world' if world else 'chunk'} frame") as w:
+            with PlyWriter(path, n, comment=_map_comment(store, world)) as w:
                 for xyz, rgb in selected_points(store, world=world, min_conf=min_conf):
                     w.write(xyz, rgb)
     log.info("wrote %d points to %s", n, path)
