@@ -141,9 +141,11 @@ def test_depth_relative_weighting_far_points_do_not_dominate(rng):
     assert min(ratios) > 1.0 and np.median(ratios) > 5.0
 
 
-@pytest.mark.parametrize("case", ["collinear", "identical", "too_few", "zero_weights", "all_nan"])
-def test_register_degenerate_inputs_raise(rng, case):
-    m = 500
+DEGENERATE_CASES = ("collinear", "identical", "too_few", "zero_weights", "all_nan")
+
+
+def degenerate_inputs(rng, case: str, m: int = 500):
+    """``(dst, src, w, depth)`` of a registration that must raise AlignmentError (one case of DEGENERATE_CASES)."""
     src = rng.normal(size=(m, 3))
     dst = src + [0.0, 0.0, 5.0]
     w = np.ones(m)
@@ -160,6 +162,12 @@ def test_register_degenerate_inputs_raise(rng, case):
         w = np.zeros(m)
     elif case == "all_nan":
         dst = np.full((m, 3), np.nan)
+    return dst, src, w, depth
+
+
+@pytest.mark.parametrize("case", DEGENERATE_CASES)
+def test_register_degenerate_inputs_raise(rng, case):
+    dst, src, w, depth = degenerate_inputs(rng, case)
     with pytest.raises(AlignmentError) as info:
         register(dst, src, w, depth, **REG_KW)
     assert "\n" not in str(info.value)

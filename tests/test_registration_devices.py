@@ -15,6 +15,7 @@ from da3stream.alignment.registration import _batched_fits, register, resolve_al
 from da3stream.alignment.sim3 import Sim3
 from da3stream.alignment.umeyama import umeyama
 from da3stream.errors import AlignmentError, ConfigError
+from tests.test_registration import degenerate_inputs
 
 F64_TOL = 1e-9  # float64 estimates (the same computation after a tensor round trip)
 
@@ -73,25 +74,10 @@ def test_tensors_with_invalid_rows_are_dropped_like_numpy():
 @pytest.mark.parametrize("case", ["collinear", "identical", "too_few", "zero_weights", "all_nan", "scale_without_init"])
 def test_degenerate_inputs_raise_the_same_one_line_error(case):
     rng = np.random.default_rng(11)
-    m = 500
-    src = rng.normal(size=(m, 3))
-    dst = src + [0.0, 0.0, 5.0]
-    w, depth = np.ones(m), np.full(m, 5.0)
-    kw = {}
-    if case == "collinear":
-        src = np.outer(rng.uniform(-1, 1, m), [1.0, 2.0, 0.5])
-        dst = src * 2.0 + [0.0, 0.0, 5.0]
-    elif case == "identical":
-        src = np.tile([1.0, 2.0, 3.0], (m, 1))
-        dst = src + 1.0
-    elif case == "too_few":
-        src, dst, w, depth = src[:10], dst[:10], w[:10], depth[:10]
-    elif case == "zero_weights":
-        w = np.zeros(m)
-    elif case == "all_nan":
-        dst = np.full((m, 3), np.nan)
-    else:
-        kw = {"mode": "scale"}
+    kw = {"mode": "scale"} if case == "scale_without_init" else {}
+    dst, src, w, depth = degenerate_inputs(rng, "zero_weights" if case == "scale_without_init" else case)
+    if case == "scale_without_init":
+        w = np.ones_like(w)  # valid pairs: the error is the missing init of scale mode
     with pytest.raises(AlignmentError) as ref:
         register(dst, src, w, depth, **kw)
     with pytest.raises(AlignmentError) as got:
