@@ -280,3 +280,13 @@ def test_frames_of_another_size_but_the_same_aspect_ratio_warn_once(tmp_path, se
     assert len(frames) == 6 and {f.image.shape for f in frames} == {seq.rgb(0).shape}
     warned = [r.getMessage() for r in caplog.records if "resized" in r.getMessage()]
     assert len(warned) == 1 and "128x96" in warned[0], warned
+
+
+def test_the_intact_robot_video_is_not_called_truncated(shared_dir, caplog):
+    """Its container declares one frame more than decodes (FRAME_COUNT_SLACK): no false alarm on an intact file."""
+    from da3stream.io.sources import open_source
+
+    with caplog.at_level("WARNING"), open_source(str(shared_dir / "data" / "robot_unitree.mp4")) as src:
+        n = sum(1 for _ in src)
+    assert n >= src.info.n_frames - 1 and src.truncated is None
+    assert not any("could be decoded" in r.getMessage() for r in caplog.records)
