@@ -83,7 +83,7 @@ class MiniRun:
             pb = unproject_depth(p.depth[:k], p.intrinsics[:k], p.world_from_cam[:k])
             corr = sample_correspondences(pa, prev.conf[-k:], prev.depth[-k:], pb, p.conf[:k], max_points=a.max_points,
                                           conf_quantile=a.conf_quantile, rng=np.random.default_rng([0, c]))
-            r = register(corr.dst, corr.src, corr.weight, corr.depth_dst, mode=a.mode, kernel=a.kernel,
+            r = register(corr.dst, corr.src, corr.weight, corr.depth_dst, mode="sim3" if a.mode == "auto" else a.mode, kernel=a.kernel,
                          kernel_scale=a.kernel_scale, inlier_threshold=a.inlier_threshold, irls_iters=a.irls_iters,
                          min_points=a.min_points)
             W = self.world_from_chunk[c - 1] @ r.dst_from_src
@@ -254,7 +254,7 @@ def test_planted_false_candidate_is_rejected(corridor):
     """A hand-planted aliased pair (same phase, two segments back), verified directly: rejected."""
     params = SimParams(alias_hallucination=True)
     pred = SimulatedPredictor(corridor, depth_hw=DEPTH_HW, params=params, seed=3)
-    cfg = _cfg(exclude_seconds=2.0, top_k=1, max_verifications=1)
+    cfg = _cfg(exclude_seconds=2.0, top_k=1, max_verifications=1, verify_budget=10.0)  # earlier windows spend budget
     run = MiniRun(corridor, pred, cfg)
     c = len(run.starts) - 1
     run.run(stop=c)
@@ -284,7 +284,8 @@ def test_planted_false_candidate_is_rejected(corridor):
 def test_no_descriptors_disables_with_one_log_line(robot_loop, caplog):
     pred = SimulatedPredictor(robot_loop, depth_hw=DEPTH_HW, params=SimParams(with_descriptors=False), seed=0)
     with caplog.at_level(logging.INFO, logger="da3stream.streaming.loops.closer"):
-        run = MiniRun(robot_loop, pred, _cfg(exclude_seconds=ROBOT_EXCLUDE_S)).run(stop=12)
+        run = MiniRun(robot_loop, pred, _cfg(exclude_seconds=ROBOT_EXCLUDE_S,
+                                             candidates_from_trajectory=False)).run(stop=12)
     assert run.edges == [] and run.reports == []
     lines = [r for r in caplog.records if "disabled" in r.getMessage()]
     assert len(lines) == 1
@@ -304,8 +305,11 @@ def test_restore_continues_identically(robot_loop, robot_pred, robot_run):
     resumed.chunks = part.chunks
     resumed.world_from_chunk = stored_world
     resumed.prev = part.prev
+    from da3stream.streaming.loops.closer import NO_LOOP_WINDOW
+
     resumed.lc.restore(chunk_rows=chunk_rows, frame_rows=frame_rows, loops=list(part.loops),
-                       world_from_chunk=stored_world)
+                       world_from_chunk=stored_world,
+                       n_verified=sum(e.reason not in NO_LOOP_WINDOW for e in part.edges))  # as the store counts
     resumed.run()
     tail_full = [e for e in full.edges if e.chunk_j >= k]
     tail_resumed = resumed.edges

@@ -57,6 +57,7 @@ from typing import Any
 
 import numpy as np
 
+from da3stream.alignment.rotation_consensus import chordal_mean
 from da3stream.alignment.sim3 import Sim3
 from da3stream.alignment.umeyama import umeyama, umeyama_batched, weighted_moments
 from da3stream.errors import AlignmentError, ConfigError, check_shape
@@ -310,12 +311,6 @@ def _irls(T: Sim3, dst, src, depth, base, fit: dict, *, kernel: str, kernel_scal
     return T, r, iterations, converged
 
 
-def _chordal_mean_rotation(R: np.ndarray) -> np.ndarray:
-    U, _, Vt = np.linalg.svd(R.sum(axis=0))
-    D = np.diag([1.0, 1.0, np.sign(np.linalg.det(U @ Vt)) or 1.0])
-    return U @ D @ Vt
-
-
 def pose_based_estimate(
     a_from_cam: np.ndarray,
     b_from_cam: np.ndarray,
@@ -356,7 +351,7 @@ def pose_based_estimate(
         raise AlignmentError("pose_based_estimate: poses contain NaN or inf")
     if (depth_a is None) != (depth_b is None):
         raise AlignmentError("pose_based_estimate: pass both depth_a and depth_b or neither")
-    R = _chordal_mean_rotation(Pa[:, :3, :3] @ np.swapaxes(Pb[:, :3, :3], 1, 2))
+    R = chordal_mean(Pa[:, :3, :3] @ np.swapaxes(Pb[:, :3, :3], 1, 2))
     ca, cb = Pa[:, :3, 3], Pb[:, :3, 3]
     ca_c, cb_c = ca - ca.mean(axis=0), cb - cb.mean(axis=0)
     spread_b2 = float(np.mean(np.sum(cb_c**2, axis=1)))

@@ -72,8 +72,8 @@ class ModelConfig:
 class AlignConfig:
     """Registration of consecutive windows on their shared frames."""
 
-    mode: str = "sim3"
-    """Estimator: sim3 (robust, depth-ray points), se3 (metric models), scale (scale + SE(3) init from poses), or poses (naive chaining through the overlap camera poses alone; a baseline)."""
+    mode: str = "auto"
+    """Estimator: auto (rotation from the consensus of the overlap frames' ray-fitted cameras, scale and translation from the depth-ray points; sim3 when the poses are not ray-fitted), sim3 (robust, depth-ray points), se3 (metric models), scale (scale + SE(3) init from poses), or poses (naive chaining through the overlap camera poses alone; a baseline)."""
     max_points: int = 4000
     """Correspondences kept after confidence filtering and spatially-spread subsampling."""
     conf_quantile: float = 0.3
@@ -162,6 +162,14 @@ class LoopConfig:
     """Information multiplier of loop edges (two registrations plus a wide-baseline loop window) vs sequential ones."""
     min_graph_weight: float = 0.1
     """A new loop whose final robust weight in the pose graph falls below this is rejected as an outlier."""
+    candidates_from_trajectory: bool = True
+    """Also propose older frames close to a query frame in estimated position and viewing direction (far in
+    time; within the drift the consistency gate allows) as candidates; the only source without descriptors."""
+    trajectory_max_angle_deg: float = 30.0
+    """Largest viewing-direction difference of a trajectory candidate, in degrees."""
+    verify_budget: float = 0.2
+    """Network frames spent on loop windows, at most this fraction of the frames committed so far (each
+    verification is counted as its nominal loop window, ``2 (2 window_half + 1)`` frames); 0 verifies nothing."""
 
     def __post_init__(self) -> None:
         if self.graph_kernel not in ("huber", "cauchy"):
@@ -172,6 +180,8 @@ class LoopConfig:
             raise ConfigError(f"loop.index_dtype must be one of bfloat16, float32, got {self.index_dtype!r}")
         if self.index_backend not in ("exact", "ivf", "auto"):
             raise ConfigError(f"loop.index_backend must be exact, ivf or auto, got {self.index_backend!r}")
+        if self.verify_budget < 0 or not 0 < self.trajectory_max_angle_deg <= 180:
+            raise ConfigError("loop: need verify_budget >= 0 and 0 < trajectory_max_angle_deg <= 180")
         if self.max_verifications < 0 or self.window_half < 1 or self.max_scale_ratio < 1.0:
             raise ConfigError("loop: need max_verifications >= 0, window_half >= 1 and max_scale_ratio >= 1")
 
@@ -254,8 +264,8 @@ class Config:
             raise ConfigError(f"source.stride must be >= 1, got {self.source.stride}")
         if self.source.fps is not None and self.source.fps <= 0:
             raise ConfigError(f"source.fps must be > 0, got {self.source.fps}")
-        if self.align.mode not in ("sim3", "se3", "scale", "poses"):
-            raise ConfigError(f"align.mode must be sim3, se3, scale or poses, got {self.align.mode!r}")
+        if self.align.mode not in ("auto", "sim3", "se3", "scale", "poses"):
+            raise ConfigError(f"align.mode must be auto, sim3, se3, scale or poses, got {self.align.mode!r}")
         if self.predict_ahead not in (0, 1):
             raise ConfigError(f"predict_ahead must be 0 or 1, got {self.predict_ahead}")
         if not (self.align.device in ("auto", "cpu", "cuda") or self.align.device.startswith("cuda:")):

@@ -149,9 +149,14 @@ def restore(store, *, loops: LoopStage) -> ResumePoint:
     point.last_read = int(src["index"][-1]) if src["index"].shape[0] else -1
     point.n_read = int(src["index"].shape[0])
     point.n_keyframes = int(src["kept"].sum()) if src["index"].shape[0] else 0
-    if loops.loop_cfg.enabled and store.has_descriptors:
+    if loops.loop_cfg.enabled and (store.has_descriptors or loops.loop_cfg.candidates_from_trajectory):
+        from da3stream.streaming.loops.closer import NO_LOOP_WINDOW
+
         accepted = store.loop_edges(accepted_only=True)
-        loops.restore(chunk_rows=chunks, frame_rows=frames, loops=accepted, world_from_chunk=point.state.world_from_chunk)
+        reasons = store.candidates_table()["reason"]
+        n_verified = int(sum(1 for r in reasons if str(r) not in NO_LOOP_WINDOW))
+        loops.restore(chunk_rows=chunks, frame_rows=frames, loops=accepted, world_from_chunk=point.state.world_from_chunk,
+                      n_verified=n_verified)
         point.n_loops = len(accepted)
     return point
 

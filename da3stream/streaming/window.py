@@ -30,7 +30,13 @@ from da3stream.core.types import Prediction
 from da3stream.io.store.records import ChunkStatus
 from da3stream.streaming.fusion import FusedPoints
 
-__all__ = ["AlignmentQuality", "Carry", "Window"]
+__all__ = ["AlignmentQuality", "Carry", "Window", "is_fallback"]
+
+
+def is_fallback(status: int, reason: str) -> bool:
+    """True when a window's sequential estimate came from the camera poses (a gated fallback), not the points."""
+    return int(status) != ChunkStatus.OK and not (str(reason).endswith("_kept") or reason == "pose_disagreement")
+
 
 
 @dataclass(frozen=True)

@@ -38,21 +38,27 @@ from da3stream.alignment.sim3 import Sim3
 from da3stream.config import AlignConfig, LoopConfig
 from da3stream.core.types import Predictor
 from da3stream.errors import AlignmentError, ShapeError, check_shape
-from da3stream.io.store.records import ChunkStatus, LoopEdge
-from da3stream.streaming.loops.candidates import find_candidates
+from da3stream.io.store.records import LoopEdge
+from da3stream.streaming.loops.candidates import find_candidates, query_positions
 from da3stream.streaming.loops.consistency import Verified, decide
 from da3stream.streaming.loops.graph import (
     as_stored, graph_report, median_depth, optimise_dropping_outliers, sequential_edges, window_units,
 )
 from da3stream.streaming.loops.index import DescriptorIndex
+from da3stream.streaming.loops.nearby import TrajectoryQuery, nearby_candidates
 from da3stream.streaming.loops.records import (
     FrameData, LoopUpdate, SeqEdge, WindowContext, canonical_sim3, loop_from_record, unverified,
 )
 from da3stream.streaming.loops.verify import LoopVerifier, around
+from da3stream.streaming.window import is_fallback
 
 log = logging.getLogger(__name__)
 
-__all__ = ["LoopEdge", "FrameData", "WindowContext", "LoopUpdate", "LoopCloser", "canonical_sim3"]
+__all__ = ["LoopEdge", "FrameData", "WindowContext", "LoopUpdate", "LoopCloser", "NO_LOOP_WINDOW", "canonical_sim3"]
+
+NO_LOOP_WINDOW = frozenset({"adjacent_chunk", "direction_mismatch", "not_verified", "over_budget", "fetch_failed",
+                            "no_stored_images"})
+"""Candidate reasons given before a loop window ran (they cost no network time and no verification budget)."""
 
 
 class LoopCloser:
@@ -85,6 +91,17 @@ class LoopCloser:
         self._last_centre: Optional[np.ndarray] = None
         self._last_dist = 0.0
         self._disabled_logged = False
+        # every indexed frame, descriptor or not (the trajectory candidates' and the spans' entries)
+        self._rows = np.zeros(0, np.int64)
+        self._entry_frames = np.zeros(0, np.int64)
+        self._entry_chunk = np.zeros(0, np.int64)
+        self._times = np.zeros(0, np.float64)
+        self._dists = np.zeros(0, np.float64)
+        self._centres = np.zeros((0, 3), np.float64)  # chunk-frame camera centres
+        self._dirs = np.zeros((0, 3), np.float64)  # chunk-frame viewing directions
+        self._desc_offset: Optional[int] = None  # entry of the place index's first descriptor
+        self._committed = 0  # frames committed (the verification budget grows with them)
+        self._spent = 0  # nominal network frames spent on loop windows
         self._verifier = LoopVerifier(self.cfg, self.align, self.predictor, self.seed)
 
     # ------------------------------------------------------------------ graph
@@ -121,29 +138,34 @@ class LoopCloser:
         _check_context(ctx, rows)
         if c not in self._odom:
             self.add_node(c, ctx.world_from_chunk[c])
-        if ctx.descriptors is None:
+        if ctx.descriptors is None and not self.cfg.candidates_from_trajectory:
             if not self._disabled_logged:
                 log.info("loop closure disabled: the predictor gives no descriptors")
                 self._disabled_logged = True
             return LoopUpdate()
-        desc = np.asarray(ctx.descriptors, dtype=np.float32)
-        check_shape("WindowContext.descriptors", desc, (n, None), "f")
+        desc = None
+        if ctx.descriptors is not None:
+            desc = np.asarray(ctx.descriptors, dtype=np.float32)
+            check_shape("WindowContext.descriptors", desc, (n, None), "f")
         if n == 0:
             return LoopUpdate()
         # Nothing is committed until the end, so a window the pipeline retries (out of memory) starts clean.
         dists, last = self._frame_distances(c, ctx.prediction.world_from_cam)
-        index = self._ensure_index(desc.shape[1])
         self._unit[c] = median_depth(as_stored(ctx.prediction.depth[0]))  # overwritten if the window is retried
 
-        edges, new_world, report = self._close_loops(ctx, desc, dists, index) if len(index) else ([], None, None)
+        edges, new_world, report, spent = (self._close_loops(ctx, desc, dists) if self._rows.size
+                                           else ([], None, None, 0))
 
         self._first_row[c] = int(rows[0])
         self._last_centre, self._last_dist = last
-        self._index_window(index, c, desc, ctx.timestamps, dists, ctx.indices, rows)
+        self._spent += spent
+        self._committed += n
+        self._index_window(c, desc, ctx.timestamps, dists, ctx.indices, rows, ctx.prediction.world_from_cam)
         return LoopUpdate(edges=edges, world_from_chunk=new_world, graph_report=report)
 
     # ------------------------------------------------------------------ restore
-    def restore(self, *, chunk_rows: dict, frame_rows: dict, loops: list, world_from_chunk: list) -> None:
+    def restore(self, *, chunk_rows: dict, frame_rows: dict, loops: list, world_from_chunk: list,
+                n_verified: int = 0) -> None:
         """Rebuild the state from the store's chunks table, frames table and accepted loops.
 
         Args:
@@ -154,6 +176,7 @@ class LoopCloser:
             loops: accepted loop edges (:class:`LoopEdge` or dicts with the same keys;
                 ``i_from_j`` a Sim3 or its (8,) array).
             world_from_chunk: current ``world_from_chunk`` per window (only its length is used).
+            n_verified: loop candidates that ran a loop window (the verification budget already spent).
         """
         self._reset()
         cfp = np.asarray(chunk_rows["chunk_from_prev"], dtype=np.float64)
@@ -161,6 +184,7 @@ class LoopCloser:
         if len(world_from_chunk) != n_chunks:
             raise ShapeError(f"LoopCloser.restore: {len(world_from_chunk)} world_from_chunk for {n_chunks} chunks")
         status = np.asarray(chunk_rows["status"])
+        reasons = chunk_rows.get("flag_reason", [""] * n_chunks)
         inl = np.asarray(chunk_rows["inlier_ratio"], dtype=np.float64)
         res = np.asarray(chunk_rows["residual"], dtype=np.float64)
         chunk_id = np.asarray(frame_rows["chunk_id"], dtype=np.int64)
@@ -174,7 +198,7 @@ class LoopCloser:
             if c > 0 and np.all(np.isfinite(cfp[c])):
                 i_from_j = Sim3.from_array(cfp[c]).inverse()
                 r = float(res[c]) if np.isfinite(res[c]) else 1.0
-                self._seq[c] = SeqEdge(i_from_j, float(inl[c]), r, int(status[c]) != ChunkStatus.OK)
+                self._seq[c] = SeqEdge(i_from_j, float(inl[c]), r, is_fallback(status[c], reasons[c]))
                 self._odom[c] = self._odom[c - 1] @ i_from_j
             else:
                 self.add_node(c, world_from_chunk[c])
@@ -183,20 +207,41 @@ class LoopCloser:
                 continue
             self._first_row[c] = int(sel[0])
             dists, (self._last_centre, self._last_dist) = self._frame_distances(c, chunk_from_cam[sel])
-            if desc is not None:
-                index = self._ensure_index(np.asarray(desc).shape[1])
-                self._index_window(index, c, np.asarray(desc)[sel], times[sel], dists, indices[sel],
-                                   sel.astype(np.int64))
+            self._index_window(c, None if desc is None else np.asarray(desc)[sel], times[sel], dists, indices[sel],
+                               sel.astype(np.int64), chunk_from_cam[sel])
+        self._committed = int(chunk_id.size)
+        self._spent = int(n_verified) * self._loop_window_cost()
         self._loops = [loop_from_record(rec) for rec in loops]
         self._loops = [e for e in self._loops if e.accepted]
 
     # ------------------------------------------------------------------ internals
-    def _index_window(self, index: DescriptorIndex, c: int, desc, times, dists, indices, rows) -> None:
-        """Add window ``c``'s frames to the place index and record where their entries start."""
-        first = len(index)
-        index.add(desc, times, dists, indices, rows)
+    def _index_window(self, c: int, desc, times, dists, indices, rows, chunk_from_cam) -> None:
+        """Add window ``c``'s frames to the entries (and the place index, with descriptors); record where they start."""
+        first = int(self._rows.size)
+        if desc is not None:
+            index = self._ensure_index(desc.shape[1])
+            if self._desc_offset is None:  # 0, or the frames restored without descriptors
+                self._desc_offset = first - len(index)
+            if len(index) + self._desc_offset == first:
+                index.add(desc, times, dists, indices, rows)
+        P = np.asarray(chunk_from_cam, np.float64)
+        self._rows = np.concatenate([self._rows, np.asarray(rows, np.int64)])
+        self._entry_frames = np.concatenate([self._entry_frames, np.asarray(indices, np.int64)])
+        self._entry_chunk = np.concatenate([self._entry_chunk, np.full(len(rows), c, np.int64)])
+        self._times = np.concatenate([self._times, np.asarray(times, np.float64)])
+        self._dists = np.concatenate([self._dists, np.asarray(dists, np.float64)])
+        self._centres = np.concatenate([self._centres, P[:, :3, 3]])
+        self._dirs = np.concatenate([self._dirs, P[:, :3, 2]])
         self._span_starts.append(first)
         self._span_chunks.append(c)
+
+    def _world_dir(self, ctx: WindowContext, entry: int) -> np.ndarray:
+        """World viewing direction of an indexed frame under the current ``world_from_chunk``."""
+        return ctx.world_from_chunk[int(self._entry_chunk[entry])].R @ self._dirs[entry]
+
+    def _loop_window_cost(self) -> int:
+        """Nominal network frames of one loop window (what the verification budget counts)."""
+        return 2 * (2 * self.cfg.window_half + 1)
 
     def _chunk_of_entry(self, entry: int) -> int:
         return self._span_chunks[bisect.bisect_right(self._span_starts, entry) - 1]
@@ -204,7 +249,7 @@ class LoopCloser:
     def _entry_span(self, c: int) -> tuple[int, int]:
         """``[first, stop)`` index entries of window ``c`` (which has been indexed)."""
         p = bisect.bisect_left(self._span_chunks, c)
-        stop = self._span_starts[p + 1] if p + 1 < len(self._span_starts) else len(self._index)
+        stop = self._span_starts[p + 1] if p + 1 < len(self._span_starts) else int(self._rows.size)
         return self._span_starts[p], stop
 
     def _ensure_index(self, dim: int) -> DescriptorIndex:
@@ -228,29 +273,69 @@ class LoopCloser:
             out[k] = dist
         return out, (last, dist)
 
-    def _close_loops(self, ctx: WindowContext, desc: np.ndarray, dists: np.ndarray, index: DescriptorIndex):
-        """``(edges, new world_from_chunk or None, graph report or None)`` of the window's candidates."""
+    def _candidates(self, ctx: WindowContext, desc, dists: np.ndarray) -> list:
+        """Descriptor hits (best first), then trajectory neighbours that describe another revisit."""
+        cfg = self.cfg
+        out = []
+        if desc is not None and self._index is not None and len(self._index):
+            out = [dataclasses.replace(h, entry=h.entry + self._desc_offset)
+                   for h in find_candidates(self._index, desc, ctx.timestamps, dists, ctx.indices, cfg)]
+        if not cfg.candidates_from_trajectory:
+            return out
+        n = len(ctx.rows)
+        q = query_positions(n, cfg.max_queries_per_chunk)
+        W = ctx.world_from_chunk
+        s = np.array([T.s for T in W])[self._entry_chunk]
+        R = np.stack([T.R for T in W])[self._entry_chunk]
+        t = np.stack([T.t for T in W])[self._entry_chunk]
+        centres = s[:, None] * np.einsum("nij,nj->ni", R, self._centres) + t
+        dirs = np.einsum("nij,nj->ni", R, self._dirs)
+        wfc = np.asarray(ctx.world_from_cam, np.float64)[q]
+        scale = W[int(ctx.chunk_id)].s
+        query = TrajectoryQuery(wfc[:, :3, 3], wfc[:, :3, 2], np.asarray(ctx.timestamps)[q], dists[q],
+                                np.asarray(ctx.indices)[q], [median_depth(ctx.prediction.depth[k]) * scale for k in q], q)
+        taken = [(int(ctx.indices[c.query]), int(self._entry_frames[c.entry])) for c in out]
+        for cand in nearby_candidates(centres, dirs, self._times, self._dists, self._entry_frames, query, cfg):
+            qf, mf = int(ctx.indices[cand.query]), int(self._entry_frames[cand.entry])
+            if not any(abs(qf - a) <= cfg.nms_frames and abs(mf - b) <= cfg.nms_frames for a, b in taken):
+                out.append(cand)
+                taken.append((qf, mf))
+        return out
+
+    def _close_loops(self, ctx: WindowContext, desc, dists: np.ndarray):
+        """``(edges, new world_from_chunk or None, graph report or None, budget spent)`` of the window's candidates."""
         cfg = self.cfg
         c = int(ctx.chunk_id)
         edges: list[LoopEdge] = []
         verified: list[Verified] = []
-        n_verified = 0
-        for cand in find_candidates(index, desc, ctx.timestamps, dists, ctx.indices, cfg):
+        n_verified, spent, cost = 0, 0, self._loop_window_cost()
+        budget = cfg.verify_budget * (self._committed + len(ctx.rows)) - self._spent
+        cos_max = np.cos(np.radians(cfg.trajectory_max_angle_deg))
+        for cand in self._candidates(ctx, desc, dists):
             entry, qi = cand.entry, cand.query
             chunk_i = self._chunk_of_entry(entry)
-            base = dict(chunk_i=chunk_i, chunk_j=c, frame_i=int(index.rows[entry]), frame_j=int(ctx.rows[qi]),
+            base = dict(chunk_i=chunk_i, chunk_j=c, frame_i=int(self._rows[entry]), frame_j=int(ctx.rows[qi]),
                         similarity=cand.similarity)
             if chunk_i >= c - 1:
                 edges.append(unverified(base, "adjacent_chunk"))
                 continue
+            if float(self._world_dir(ctx, entry) @ np.asarray(ctx.world_from_cam[qi])[:3, 2]) < cos_max:
+                edges.append(unverified(base, "direction_mismatch"))  # the cameras look elsewhere: no network time
+                continue
             if n_verified >= cfg.max_verifications:
                 edges.append(unverified(base, "not_verified"))
                 continue
+            if spent + cost > budget:
+                edges.append(unverified(base, "over_budget"))
+                continue
             n_verified += 1
             first, stop = self._entry_span(chunk_i)
-            old_rows = index.rows[around(entry, first, stop, cfg.window_half)]
-            travel = abs(float(dists[qi]) - float(index.distances[entry]))
+            old_rows = self._rows[around(entry, first, stop, cfg.window_half)]
+            travel = abs(float(dists[qi]) - float(self._dists[entry]))
             outcome = self._verifier.verify(ctx, base, old_rows, qi, travel)
+            reason = outcome.reason if isinstance(outcome, LoopEdge) else ""
+            if reason not in NO_LOOP_WINDOW:
+                spent += cost
             if isinstance(outcome, LoopEdge):
                 edges.append(outcome)
             else:
@@ -258,12 +343,12 @@ class LoopCloser:
                 edges.append(outcome.edge)
         accepted_pos = decide(verified, edges, cfg)
         if not accepted_pos:
-            return edges, None, None
+            return edges, None, None, spent
         new_world, report, outliers = self._optimise(ctx, [edges[p] for p in accepted_pos])
         for k, p in enumerate(accepted_pos):
             if k in outliers:
                 edges[p] = dataclasses.replace(edges[p], accepted=False, reason="graph_outlier")
-        return edges, new_world, report
+        return edges, new_world, report, spent
 
     def _optimise(self, ctx: WindowContext, new_loops: list[LoopEdge]):
         """``(new world_from_chunk or None, report, positions of new loops dropped as graph outliers)``."""

@@ -16,12 +16,13 @@ with the trajectory is measured for the consistency gate
 from __future__ import annotations
 
 import logging
+from types import SimpleNamespace
 from typing import Union
 
 import numpy as np
 
-from da3stream.alignment.points import points_from_rays, resample_to_grid, sample_correspondences, unproject_depth
-from da3stream.alignment.registration import pose_based_estimate, quality_gate, register, transform_disagreement
+from da3stream.alignment.points import resample_to_grid
+from da3stream.alignment.registration import quality_gate, transform_disagreement
 from da3stream.config import AlignConfig, LoopConfig
 from da3stream.core.types import FrameBatch, Prediction, Predictor
 from da3stream.errors import AlignmentError, Da3StreamError, ShapeError
@@ -29,14 +30,13 @@ from da3stream.io.store.records import LoopEdge
 from da3stream.streaming.loops.consistency import Verified, measure
 from da3stream.streaming.loops.graph import median_depth
 from da3stream.streaming.loops.records import FrameData, WindowContext, canonical_sim3, unverified
+from da3stream.streaming.overlap_fit import register_pair
+from da3stream.streaming.stages.cameras import poses_from_rays
 from da3stream.streaming.planner import is_out_of_memory
 
 log = logging.getLogger(__name__)
 
 __all__ = ["LoopVerifier", "around"]
-
-_CANDIDATES_PER_POINT = 16  # pixel stride of verification: candidates per kept correspondence
-
 
 def around(center: int, lo: int, hi: int, half: int) -> np.ndarray:
     """Up to ``2 half + 1`` consecutive positions in ``[lo, hi)`` around ``center`` (shifted at the ends)."""
@@ -112,7 +112,11 @@ class LoopVerifier:
             loop_pred = self.predictor.predict(batch)
             if not isinstance(loop_pred, Prediction):
                 raise ShapeError(f"predictor returned {type(loop_pred).__name__}, expected Prediction")
-            return _to_grid(loop_pred.validate(len(batch)), grid)
+            loop_pred = loop_pred.validate(len(batch))
+            # the loop window's cameras from its rays, as every window's (stored poses came the same way)
+            ends = [SimpleNamespace(index=int(batch.indices[0])), SimpleNamespace(index=int(batch.indices[-1]))]
+            poses_from_rays(loop_pred, ends, self.align.pose_source)
+            return _to_grid(loop_pred, grid)
         except Da3StreamError as exc:
             log.warning("loop %d-%d: loop window prediction failed (%s)", chunk_i, c, exc)
             return unverified(base, "predict_failed")
@@ -134,11 +138,12 @@ class LoopVerifier:
                             world_from_cam=np.asarray(old.chunk_from_cam, np.float64),
                             intrinsics=np.asarray(old.intrinsics, np.float64))
         halves = ((slice(0, k_old), stored, 0), (slice(k_old, len(loop_pred)), cur, 1))
+        trusted = self.align.mode == "auto" and self.align.pose_source != "head" and loop_pred.rays is not None
         results = []
         for sel, chunk_half, half in halves:
             result, reason = register_half(loop_pred.subset(sel), chunk_half,
                                            [self.seed, c, base["frame_i"], base["frame_j"], half],
-                                           self.align, self.cfg)
+                                           self.align, self.cfg, cameras_trusted=trusted)
             if reason:
                 if result is None:
                     return unverified(base, reason)
@@ -155,31 +160,24 @@ class LoopVerifier:
                         scale=i_from_j.s, **base)
 
 
-def register_half(loop_half: Prediction, chunk_half: Prediction, seed_key, a: AlignConfig, cfg: LoopConfig):
+def register_half(loop_half: Prediction, chunk_half: Prediction, seed_key, a: AlignConfig, cfg: LoopConfig, *,
+                  cameras_trusted: bool):
     """``(result, reason)``: the ``loop_from_chunk`` registration of one half (the loop window's
     prediction of some frames against the same frames' prediction in their own window) and ``""``,
-    or a rejection token (``result`` is None when no estimate exists)."""
-    n, h, w = chunk_half.depth.shape
-    # Every stride-th pixel: about 16 candidates per kept correspondence (as the sequential alignment).
-    stride = max(1, int(np.sqrt(n * h * w / max(_CANDIDATES_PER_POINT * a.max_points, 1))))
+    or a rejection token (``result`` is None when no estimate exists).
+
+    The same path as the sequential alignment (:func:`~da3stream.streaming.overlap_fit.register_pair`).
+    """
     try:
-        pts_loop, c_loop, d_loop = _points(loop_half, stride)
-        pts_chunk, c_chunk, d_chunk = _points(chunk_half, stride)
-        corr = sample_correspondences(
-            pts_loop, c_loop, d_loop, pts_chunk, c_chunk, depth_b=d_chunk,
-            max_points=a.max_points, conf_quantile=a.conf_quantile, rng=np.random.default_rng(seed_key),
-        )
-        pose_est = pose_based_estimate(loop_half.world_from_cam, chunk_half.world_from_cam, d_loop, d_chunk)
-        mode = a.mode if a.mode in ("sim3", "se3", "scale") else "sim3"
-        result = register(
-            corr.dst, corr.src, corr.weight, corr.depth_dst, mode=mode, kernel=a.kernel,
-            kernel_scale=a.kernel_scale, inlier_threshold=a.inlier_threshold, irls_iters=a.irls_iters,
-            min_points=a.min_points, init=pose_est if mode == "scale" else None,
-        )
-        disagreement = transform_disagreement(result.dst_from_src, pose_est, corr.src, depth=corr.depth_dst)
+        fit = register_pair(loop_half, chunk_half, a, np.random.default_rng(seed_key),
+                            rotation_from_cameras=cameras_trusted)
     except AlignmentError as exc:
         log.debug("loop verification: registration failed (%s)", exc)
         return None, "degenerate"
+    result = fit.result
+    disagreement = float("nan")
+    if fit.pose_est is not None:
+        disagreement = transform_disagreement(result.dst_from_src, fit.pose_est, fit.corr.src, depth=fit.corr.depth_dst)
     # Each half's scale relates two arbitrary gauges (the loop window's and the stored window's), so
     # no range applies to it; the loop's scale is checked against the trajectory instead.
     ok, reason = quality_gate(
@@ -187,21 +185,6 @@ def register_half(loop_half: Prediction, chunk_half: Prediction, seed_key, a: Al
         scale_range=(0.0, np.inf), max_pose_disagreement=a.max_pose_disagreement,
     )
     return result, ("" if ok else reason)
-
-
-def _points(pred: Prediction, stride: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(points (n, h', w', 3), conf, depth)`` of every ``stride``-th pixel, in the prediction's chunk frame.
-
-    Points come from the ray map when it is on the depth grid (DA3's ray head is the more precise
-    geometry), otherwise from depth, intrinsics and camera pose (sub-grid pixel u' = u / stride).
-    """
-    d = pred.depth[:, ::stride, ::stride]
-    c = pred.conf[:, ::stride, ::stride]
-    if pred.rays is not None and pred.rays.shape[1:3] == pred.depth.shape[1:3]:
-        return points_from_rays(pred.rays[:, ::stride, ::stride], d), c, d
-    K = np.array(pred.intrinsics, dtype=np.float64, copy=True)
-    K[:, :2, :] /= stride
-    return unproject_depth(d, K, pred.world_from_cam), c, d
 
 
 def _to_grid(pred: Prediction, grid: tuple) -> Prediction:
@@ -217,4 +200,5 @@ def _to_grid(pred: Prediction, grid: tuple) -> Prediction:
         conf=resample_to_grid(pred.conf, (H, W), method="nearest").astype(np.float32),
         world_from_cam=pred.world_from_cam,
         intrinsics=np.einsum("ij,njk->nik", S, pred.intrinsics),
+        rays=pred.rays, ray_conf=pred.ray_conf,  # the ray map keeps its own grid
     )

@@ -2,8 +2,9 @@
 
 Glue around :class:`~da3stream.streaming.loops.closer.LoopCloser`, which does
 the candidate search, verification and pose-graph optimisation. The closer is
-made with the first window's prediction (it needs descriptors; without them
-loop closure is off for the run) or restored from the store on resume.
+made with the first window's prediction (without descriptors it proposes
+candidates from the trajectory alone; with ``loop.candidates_from_trajectory``
+off too, loop closure is off for the run) or restored from the store on resume.
 """
 
 from __future__ import annotations
@@ -15,8 +16,7 @@ import numpy as np
 
 from da3stream.config import AlignConfig, LoopConfig
 from da3stream.core.types import Prediction, Predictor
-from da3stream.io.store.records import ChunkStatus
-from da3stream.streaming.window import Window
+from da3stream.streaming.window import Window, is_fallback
 
 log = logging.getLogger(__name__)
 
@@ -50,17 +50,18 @@ class LoopStage:
         """Make the loop closer for a new run from its first prediction."""
         if not self.loop_cfg.enabled or self.closer is not None:
             return
-        if pred.descriptors is None:
+        if pred.descriptors is None and not self.loop_cfg.candidates_from_trajectory:
             self.disabled_reason = "predictor gives no descriptors"
             log.info("loop closure disabled: the predictor gives no descriptors")
             return
         self._make()
 
-    def restore(self, *, chunk_rows: dict, frame_rows: dict, loops: list, world_from_chunk: list) -> None:
+    def restore(self, *, chunk_rows: dict, frame_rows: dict, loops: list, world_from_chunk: list,
+                n_verified: int = 0) -> None:
         """Rebuild the loop closer from what the store holds (resume)."""
         self._make()
         self.closer.restore(chunk_rows=chunk_rows, frame_rows=frame_rows, loops=loops,
-                            world_from_chunk=list(world_from_chunk))
+                            world_from_chunk=list(world_from_chunk), n_verified=n_verified)
 
     def __call__(self, window: Window, world_from_chunk: list, fetch: Callable, prev_chunk_id: int,
                  rows: np.ndarray) -> Window:
@@ -77,7 +78,7 @@ class LoopStage:
         else:
             lc.add_sequential_edge(
                 prev_chunk_id, window.chunk_id, window.prev_from_cur, inlier_ratio=float(q.inlier_ratio),
-                residual=float(q.residual) if np.isfinite(q.residual) else 1.0, gated=q.status != ChunkStatus.OK,
+                residual=float(q.residual) if np.isfinite(q.residual) else 1.0, gated=is_fallback(q.status, q.reason),
             )
         if not window.n_new:
             return window
