@@ -36,7 +36,7 @@ from da3stream.alignment.points import (
     Correspondences, points_from_rays, resample_to_grid, sample_correspondences, unproject_depth,
 )
 from da3stream.alignment.registration import RegistrationResult, pose_based_estimate, register
-from da3stream.alignment.rotation_consensus import agreeing, robust_rotation_mean
+from da3stream.alignment.rotation_consensus import agreeing, chordal_mean, robust_rotation_mean
 from da3stream.alignment.sim3 import Sim3
 from da3stream.config import AlignConfig
 from da3stream.core.types import Prediction
@@ -156,6 +156,8 @@ def register_pair(dst: Prediction, src: Prediction, cfg: AlignConfig, rng: np.ra
         np.asarray(src.world_from_cam, np.float64)[:, :3, :3], 1, 2)
     R_cam, angles = robust_rotation_mean(Q)
     keep_frames = agreeing(angles) if k >= 3 else np.ones(k, bool)
+    if not keep_frames.all():
+        R_cam = chordal_mean(Q[keep_frames])  # the agreeing frames alone (Cauchy weights leave the rest a pull)
     (pa, ca, da), (pb, cb, db) = pair_points(dst, src, sampling_stride(dst, cfg.max_points))
     corr = sample_correspondences(pa, ca, da, pb, cb, depth_b=db, max_points=cfg.max_points,
                                   conf_quantile=cfg.conf_quantile, rng=rng)
