@@ -165,9 +165,9 @@ class LoopConfig:
     candidates_from_trajectory: bool = True
     """Also propose older frames close to a query frame in estimated position and viewing direction (far in
     time; within the drift the consistency gate allows) as candidates; the only source without descriptors."""
-    trajectory_max_angle_deg: float = 30.0
+    trajectory_max_angle_deg: float = 20.0
     """Largest viewing-direction difference of a trajectory candidate, in degrees."""
-    verify_budget: float = 0.2
+    verify_budget: float = 0.14
     """Network frames spent on loop windows, at most this fraction of the frames committed so far (each
     verification is counted as its nominal loop window, ``2 (2 window_half + 1)`` frames); 0 verifies nothing."""
 

@@ -175,6 +175,10 @@ def register_half(loop_half: Prediction, chunk_half: Prediction, seed_key, a: Al
         log.debug("loop verification: registration failed (%s)", exc)
         return None, "degenerate"
     result = fit.result
+    if not fit.kept_frames.all():
+        # a failed sub-block inside the loop window: the frames left out may be the good ones (a block can hold
+        # most of a half), so the loop measurement is not trusted
+        return result, "failed_subblock"
     disagreement = float("nan")
     if fit.pose_est is not None:
         disagreement = transform_disagreement(result.dst_from_src, fit.pose_est, fit.corr.src, depth=fit.corr.depth_dst)
