@@ -193,3 +193,12 @@ def test_bench_graph_per_window(gtsam):
     # iSAM2 relinearises only nodes that moved by more than its threshold: it ends near, not at, the optimum.
     assert 0.0 < isam2["final_cost_rel_vs_own"] < 0.2
     assert isam2["ate"] < 1.5 * own["sizes"][-1]["ate"]
+
+
+def test_bench_graph_per_window_extrapolates_a_short_stream(gtsam):
+    graph, args = _bench_args(["--per-window", "--backend", "isam2", "--nodes", "300", "--laps", "3",
+                               "--loop-every", "5", "--isam2-nodes", "250"])
+    rep = graph.run(args)["backends"]["isam2"]
+    assert rep["streamed_nodes"] == 250 and rep["extrapolated_to_nodes"] == 300
+    assert rep["extrapolated_all_windows_mean_s"] > 0 and len(rep["by_size"]) == 10
+    assert sum(b["windows"][1] - b["windows"][0] for b in rep["by_size"]) == 249

@@ -65,7 +65,8 @@ def _gtsam():
     try:
         import gtsam
     except ImportError as exc:
-        raise AlignmentError("pose graph backend gtsam: the gtsam package is not installed (pip install gtsam==4.3.0)") from exc
+        raise AlignmentError(
+            "pose graph backend gtsam: the gtsam package is not installed (pip install gtsam==4.3.0)") from exc
     return gtsam
 
 

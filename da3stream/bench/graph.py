@@ -12,6 +12,14 @@ of node positions after a Sim(3) Umeyama alignment to the truth) before and
 after, absolute and as a fraction of the trajectory diameter. ``seconds`` is
 wall time of the optimisation alone, ``cpu_seconds`` its process CPU time (less
 sensitive to other load on the machine).
+
+``--backend`` picks the solver: ``own`` (default, the flat keys above),
+``gtsam`` (gtsam's batch LM, :mod:`da3stream.alignment.pose_graph_gtsam`),
+``isam2`` (gtsam's iSAM2 fed one node per update, loops with their later node)
+or ``all``; the non-default choices report per back end under ``backends``,
+with ``final_cost`` always the project's robust cost on the result, and, beside
+``own``, the largest node-position difference and relative cost difference to
+it. ``--per-window`` times an online run instead (:mod:`da3stream.bench.graph_online`).
 """
 
 from __future__ import annotations
@@ -78,7 +86,7 @@ def make_truth(n_nodes: int, *, laps: int, radius: float, rng: np.random.Generat
 
 def edge_maker(truth: list[Sim3], *, noise_rot: float, noise_trans: float, noise_scale: float,
                rng: np.random.Generator):
-    """A function ``(i, j, is_loop) -> Edge``: the true ``i_from_j`` perturbed by tangent noise, with its information."""
+    """A function ``(i, j, is_loop) -> Edge``: the true ``i_from_j`` perturbed by tangent noise, and its information."""
     sigmas = np.array([noise_trans] * 3 + [noise_rot] * 3 + [noise_scale])
     information = np.diag(1.0 / sigmas**2)
 
