@@ -189,6 +189,8 @@ def test_bench_graph_per_window(gtsam):
     out = graph.run(args)
     own, isam2 = out["backends"]["own"], out["backends"]["isam2"]
     assert [s["nodes"] for s in own["sizes"]] == [150, 200]
+    for a, b in zip(own["sizes"], out["backends"]["gtsam"]["sizes"]):
+        assert b["final_cost"] == pytest.approx(a["final_cost"], rel=1e-4)
     assert isam2["all_windows"]["count"] == 199 and isam2["loop_windows"]["count"] == out["loop_windows"] == 10
     # iSAM2 relinearises only nodes that moved by more than its threshold: it ends near, not at, the optimum.
     assert 0.0 < isam2["final_cost_rel_vs_own"] < 0.2

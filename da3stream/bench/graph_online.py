@@ -2,7 +2,7 @@
 
 Nodes arrive one per window, each with its sequential edge; on every
 ``--loop-every``-th window after the first lap a loop edge to the same place one
-lap earlier arrives too. Two strategies are timed:
+lap earlier arrives too. Three strategies are timed:
 
 * ``own``: what the engine does (streaming/loops/graph.py): a non-loop window
   chains the new node onto the previous estimate; a loop window re-solves the
@@ -12,6 +12,8 @@ lap earlier arrives too. Two strategies are timed:
   re-solve is timed at a few sizes (``--own-sizes``): the graph one loop window
   earlier is solved untimed, the new nodes are chained onto it, and the re-solve
   is timed. Chaining is timed over a run of compositions.
+* ``gtsam``: the same strategy with gtsam's batch LM as the re-solver
+  (:func:`~da3stream.alignment.pose_graph_gtsam.optimize_pose_graph_gtsam`).
 * ``isam2``: :class:`~da3stream.alignment.pose_graph_gtsam.IncrementalPoseGraph`,
   one iSAM2 update per window, every window timed, up to ``--isam2-nodes``
   (default all). When it stops short of ``--nodes``, its per-window times at
@@ -27,8 +29,8 @@ import time
 import numpy as np
 
 from da3stream.alignment.pose_graph import optimize_pose_graph
-from da3stream.alignment.pose_graph_gtsam import IncrementalPoseGraph
-from da3stream.bench.graph import chain, edge_maker, make_truth, max_position_diff, position_ate
+from da3stream.alignment.pose_graph_gtsam import IncrementalPoseGraph, optimize_pose_graph_gtsam
+from da3stream.bench.graph import BACKENDS, chain, edge_maker, make_truth, max_position_diff, position_ate
 
 _CHAIN_REPS = 2000
 """Compositions timed for the own strategy's non-loop window."""
@@ -63,16 +65,16 @@ def _edges_upto(seq, loops_at, n: int) -> list:
     return list(seq[: n - 1]) + [e for k in sorted(loops_at) if k < n for e in loops_at[k]]
 
 
-def _own_at_size(truth, seq, loops_at, size: int, loop_every: int, kernel, kernel_scale: float) -> dict:
-    """Time the own re-solve of loop window ``size - 1``, warm-started from loop window ``size - 1 - loop_every``."""
+def _resolve_at_size(solve, truth, seq, loops_at, size: int, loop_every: int, kernel, kernel_scale: float):
+    """Time ``solve``'s re-solve of loop window ``size - 1``, warm-started from loop window ``size - 1 - loop_every``."""
     prev = size - loop_every
-    warm = optimize_pose_graph(chain(truth[0], seq[: prev - 1]), _edges_upto(seq, loops_at, prev), fixed=(0,),
-                               kernel=kernel, kernel_scale=kernel_scale)
+    warm = solve(chain(truth[0], seq[: prev - 1]), _edges_upto(seq, loops_at, prev), fixed=(0,),
+                 kernel=kernel, kernel_scale=kernel_scale)
     initial = chain(warm.world_from_node[-1], seq[prev - 1 : size - 1])
     initial = list(warm.world_from_node) + initial[1:]
     edges = _edges_upto(seq, loops_at, size)
     t0, c0 = time.perf_counter(), time.process_time()
-    result = optimize_pose_graph(initial, edges, fixed=(0,), kernel=kernel, kernel_scale=kernel_scale)
+    result = solve(initial, edges, fixed=(0,), kernel=kernel, kernel_scale=kernel_scale)
     seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     return {"nodes": size, "edges": len(edges), "loop_window_s": seconds, "loop_window_cpu_s": cpu,
             "iterations": result.iterations, "final_cost": result.final_cost,
@@ -144,17 +146,20 @@ def run_per_window(args: argparse.Namespace) -> dict:
     per_lap = n // args.laps
     out = {"mode": "per_window", "nodes": n, "loop_every": L, "loop_windows": len(loops_at), "laps": args.laps,
            "kernel": args.kernel, "kernel_scale": args.kernel_scale, "backends": {}}
-    backends = ("own", "isam2") if args.backend == "all" else (args.backend,)
+    backends = BACKENDS if args.backend == "all" else (args.backend,)
     own_last = None
-    if "own" in backends:
+    for name, solve in (("own", optimize_pose_graph), ("gtsam", optimize_pose_graph_gtsam)):
+        if name not in backends:
+            continue
         chain_s = _chain_seconds(seq)
-        sizes = []
+        sizes, last = [], None
         for size in _own_sizes(args, per_lap):
-            rep, own_last = _own_at_size(truth, seq, loops_at, size, L, kernel, args.kernel_scale)
+            rep, last = _resolve_at_size(solve, truth, seq, loops_at, size, L, kernel, args.kernel_scale)
             rep["mean_per_window_s"] = (rep["loop_window_s"] + (L - 1) * chain_s) / L
             sizes.append(rep)
-        out["backends"]["own"] = {"other_window_s": chain_s, "sizes": sizes,
-                                  "note": "one loop-window re-solve timed per size, warm-started like the engine"}
+        own_last = last if name == "own" else own_last
+        out["backends"][name] = {"other_window_s": chain_s, "sizes": sizes,
+                                 "note": "one loop-window re-solve timed per size, warm-started like the engine"}
     if "isam2" in backends:
         m = min(args.isam2_nodes or n, n)
         graph, times, cpu = _run_isam2(truth, seq, loops_at, m, kernel, args.kernel_scale, args.isam2_relinearize)
@@ -167,6 +172,4 @@ def run_per_window(args: argparse.Namespace) -> dict:
             rep["max_position_diff_vs_own"] = max_position_diff(result.world_from_node, own_last.world_from_node)
             rep["final_cost_rel_vs_own"] = result.final_cost / own_last.final_cost - 1.0
         out["backends"]["isam2"] = rep
-    if "gtsam" in backends:
-        out["note"] = "gtsam batch LM is timed by the batch mode (without --per-window); per window it is own's"
     return out
