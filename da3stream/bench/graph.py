@@ -64,7 +64,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="online timing: nodes arrive one per window, loops every --loop-every windows")
     parser.add_argument("--loop-every", type=int, default=10, help="per-window mode: windows between loop windows")
     parser.add_argument("--own-sizes", default="",
-                        help="per-window mode: comma-separated graph sizes where the own LM re-solve is timed "
+                        help="per-window mode: comma-separated graph sizes where the re-solve (own, gtsam) is timed "
                              "(default: nodes/10, nodes/3, nodes)")
     parser.add_argument("--isam2-nodes", type=int, default=0,
                         help="per-window mode: stream iSAM2 only this far (0: all nodes); per-window time "
