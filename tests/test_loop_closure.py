@@ -281,6 +281,18 @@ def test_planted_false_candidate_is_rejected(corridor):
 
 
 # ---------------------------------------------------------------------------- pipeline contract
+def test_without_descriptors_the_trajectory_proposes_true_loops(robot_loop):
+    """Only the four required fields: candidates come from the estimated trajectory, are verified, and close loops."""
+    pred = SimulatedPredictor(robot_loop, depth_hw=DEPTH_HW, params=SimParams(with_descriptors=False), seed=1)
+    run = MiniRun(robot_loop, pred, _cfg(exclude_seconds=ROBOT_EXCLUDE_S)).run()
+    without = MiniRun(robot_loop, pred, _cfg(exclude_seconds=ROBOT_EXCLUDE_S), loop=False).run()
+    assert len(run.loops) >= 2 and all(np.isnan(e.similarity) for e in run.edges)
+    for e in run.loops:
+        dist, ang = _gt_loop_error(run, e)
+        assert dist < 1.5 and ang < 30.0, (e, dist, ang)
+    assert run.ate() < without.ate()
+
+
 def test_no_descriptors_disables_with_one_log_line(robot_loop, caplog):
     pred = SimulatedPredictor(robot_loop, depth_hw=DEPTH_HW, params=SimParams(with_descriptors=False), seed=0)
     with caplog.at_level(logging.INFO, logger="da3stream.streaming.loops.closer"):

@@ -119,7 +119,7 @@ class LoopConfig:
     """Frames closer in travelled distance than this (chunk-frame units) are never candidates; 0 disables."""
     nms_frames: int = 10
     """Non-maximum suppression radius, in source frames, on candidate pairs."""
-    window_half: int = 3
+    window_half: int = 2
     """Frames taken around each side of a candidate for the verification window."""
     min_inlier_ratio: float = 0.6
     """Verification gate on the inlier ratio of both halves."""
