@@ -10,7 +10,7 @@ import pytest
 
 from da3stream.alignment.sim3 import Sim3
 from da3stream.bench.accuracy import CachingPredictor, false_loops, rotation_rmse_deg, run_one
-from da3stream.bench.baselines import WindowRecord, da3_streaming_chain, irls_sim3
+from da3stream.io.evaluation.baselines import WindowRecord, da3_streaming_chain, irls_sim3
 from da3stream.core.types import FrameBatch
 from da3stream.synthetic import intrinsics_from_fov, make_sequence
 from da3stream.synthetic.predictor import GroundTruth, SimParams, SimulatedPredictor, pixel_rays

@@ -10,14 +10,14 @@ every method sees exactly the same numbers:
 - ``naive_chaining``: the engine with ``align.mode: poses`` and loops off:
   chaining through the overlap camera poses of the SAME pose source the engine
   uses (``align.pose_source`` unchanged: rays when given, else the head);
-- ``da3_streaming_style``: :func:`da3stream.bench.baselines.da3_streaming_trajectory`
+- ``da3_streaming_style``: :func:`da3stream.io.evaluation.baselines.da3_streaming_trajectory`
   (confidence-filtered overlap point maps, weighted IRLS Sim(3) with a Huber
   kernel, chained) on the windows the loops-off engine predicted, in order;
   as published, on depth + camera-head point maps; ``da3_streaming_style_rays``
   the same on ray-map points with ray-fitted poses (the engine's pose source).
   The targets compare the engine with the BETTER of the two;
 - ``perfect_gauge_floor``: those windows placed by their TRUE gauge
-  (:func:`da3stream.bench.baselines.perfect_gauge_floor`): the intra-window error alone.
+  (:func:`da3stream.io.evaluation.baselines.perfect_gauge_floor`): the intra-window error alone.
 
 ATE: :func:`da3stream.io.evaluation.metrics.trajectory_errors` (Umeyama Sim(3)
 on camera centres, the engine's eval), RMSE in metres and as % of the path;
@@ -52,7 +52,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from da3stream.bench.baselines import WindowRecord, da3_streaming_trajectory, perfect_gauge_floor
+from da3stream.io.evaluation.baselines import WindowRecord, da3_streaming_trajectory, perfect_gauge_floor
 from da3stream.errors import AlignmentError, Da3StreamError
 
 log = logging.getLogger(__name__)

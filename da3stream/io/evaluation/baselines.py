@@ -1,4 +1,4 @@
-"""Baselines of the accuracy benchmark, computed on the SAME predictions the engine gets.
+"""Baselines of the accuracy benchmark and the demo, computed on the SAME predictions the engine gets.
 
 - :func:`da3_streaming_chain`: a DA3-Streaming-style alignment, re-implemented
   here from its published method (DA3-Streaming, after VGGT-Long): each window's
@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -35,8 +35,9 @@ from da3stream.alignment.points import points_from_rays, unproject_depth
 from da3stream.alignment.ray_pose import pose_from_rays
 from da3stream.alignment.sim3 import Sim3
 from da3stream.alignment.umeyama import umeyama
-from da3stream.core.types import Prediction
 from da3stream.errors import AlignmentError
+
+Prediction = Any  # a da3stream.core.types.Prediction (io does not import core; only its arrays are read)
 
 log = logging.getLogger(__name__)
 
