@@ -82,6 +82,11 @@ def write_rows(items: Iterable[tuple[zarr.Array, int, np.ndarray]]) -> None:
     _run_all(coros)
 
 
+def write_whole(items: Iterable[tuple[zarr.Array, np.ndarray]]) -> None:
+    """Overwrite each array with ``data`` of its own shape, all concurrently (one event-loop call)."""
+    _run_all([arr.async_array.setitem(Ellipsis, data) for arr, data in items])
+
+
 def _run_all(coros: list) -> None:
     """Run coroutines concurrently on zarr's event loop; the first exception propagates."""
 
