@@ -25,6 +25,7 @@ default mode and tests/test_long_run.py use it).
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import resource
@@ -94,7 +95,8 @@ def _report(args, summary, wall: float, main_cpu: float, sampler, store_sizes, p
     The predictor's time is subtracted: the predict stage's, and with a serial
     predictor (``--predict-ahead 0``) also that of loop verification's predictions.
     """
-    t = summary.timings
+    t = dict(summary.timings)
+    gc_seconds = t.pop("gc_seconds", {})
     predictor_cpu = predictor.cpu_seconds
     verify_wall = max(0.0, predictor.wall_seconds - t.get("predict", 0.0)) if not args.predict_ahead else 0.0
     engine_s = wall - t.get("predict", 0.0) - verify_wall
@@ -116,6 +118,7 @@ def _report(args, summary, wall: float, main_cpu: float, sampler, store_sizes, p
         "engine_fps": round(args.worker / engine_s, 2),
         "end_to_end_fps_with_cached_predictor": round(args.worker / wall, 2),
         "stage_seconds": t,
+        "gc_seconds": gc_seconds,
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1),
         **setup,
         "store_bytes": store_bytes,
@@ -150,7 +153,7 @@ def _timed_run(args, bank, predictor):
            "store.save_rgb": not args.no_rgb, "store.save_conf": not args.no_conf}
     sampler = ResourceSampler(args.sample_interval)
     main_cpu0 = time.thread_time()
-    with sampler:
+    with sampler, _GcTimer() as gc_timer:
         t0 = time.perf_counter()
         store_sizes = _StoreSizes(Path(args.store), args.worker, args.store_samples)
 
@@ -161,7 +164,33 @@ def _timed_run(args, bank, predictor):
         summary = reconstruct(frame_stream(bank, args.worker), args.store, predictor=predictor, config=cfg,
                               overwrite=True, progress=progress)
         wall = time.perf_counter() - t0
+    summary.timings["gc_seconds"] = gc_timer.seconds()
     return summary, wall, time.thread_time() - main_cpu0, sampler, store_sizes
+
+
+class _GcTimer:
+    """Seconds the garbage collector ran, per generation, while the block runs (``gc.callbacks``)."""
+
+    def __init__(self) -> None:
+        self._by_gen: dict[int, float] = {}
+        self._t0 = 0.0
+
+    def _callback(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._t0 = time.perf_counter()
+        else:
+            gen = int(info["generation"])
+            self._by_gen[gen] = self._by_gen.get(gen, 0.0) + time.perf_counter() - self._t0
+
+    def __enter__(self) -> "_GcTimer":
+        gc.callbacks.append(self._callback)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        gc.callbacks.remove(self._callback)
+
+    def seconds(self) -> dict:
+        return {f"gen{g}": round(v, 4) for g, v in sorted(self._by_gen.items())}
 class _StoreSizes:
     """Store size on disk at ``k`` points of a run (committed frames, bytes)."""
 
