@@ -132,22 +132,12 @@ def _has_inf16(a: np.ndarray) -> bool:
     return bool(np.any((a.view(np.uint16) & 0x7FFF) == 0x7C00))
 
 
-F16_BLOCK = 1 << 16
-"""Elements per torch conversion call in :func:`to_f16`: small enough that torch converts inline instead of
-waking its thread pool, whose threads then spin on the cores the run's other threads need (the pool's
-CPU time shows as the ``python`` threads of ``python -m da3stream.bench engine``)."""
-
-
 def _f16(x: np.ndarray) -> np.ndarray:
-    if x.dtype == np.float32 and x.size >= F16_BLOCK:
-        try:  # torch's vectorised conversion: ~8x faster than numpy's, bit-identical (round to nearest even)
+    if x.dtype == np.float32 and x.size >= 1 << 16:
+        try:  # torch's vectorised conversion: ~10x faster than numpy's, bit-identical (round to nearest even)
             import torch
 
-            src = torch.from_numpy(np.ascontiguousarray(x)).reshape(-1)
-            out = torch.empty(src.shape, dtype=torch.float16)
-            for i in range(0, src.numel(), F16_BLOCK):
-                out[i : i + F16_BLOCK].copy_(src[i : i + F16_BLOCK])
-            return out.numpy().reshape(x.shape)
+            return torch.from_numpy(np.ascontiguousarray(x)).to(torch.float16).numpy()
         except ImportError:
             pass
     with np.errstate(over="ignore"):  # an overflow becomes inf, which to_f16 then clips
