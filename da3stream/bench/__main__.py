@@ -21,6 +21,7 @@ SUBCOMMANDS = {
     "lie": "Sim(3) Exp/Log/action: alignment.lie vs pypose (when installed)",
     "registration": "window registration time at the pipeline's correspondence counts",
     "accuracy": "engine vs DA3-Streaming-style, naive chaining and the perfect-gauge floor on the same predictions",
+    "gpu": "every GPU figure in one command under a time cap: ours vs official, end to end, the hour (--smoke: CPU)",
 }
 
 

@@ -7,7 +7,10 @@ in a fresh random gauge per window (a Sim(3) and a scale, as DA3's windows are).
 Its own cost is a few array copies per frame, so an engine benchmark measures
 the engine — alignment, fusion, loop retrieval, store writes — and not a
 network. Descriptors are random per absolute frame index, so retrieval runs
-against a growing index but finds no false loops on the repeated laps.
+against a growing index but finds no false loops on the repeated laps; with
+``revisit=True`` they are the bank entry's own (plus a little per-frame noise),
+so every lap is recognised as a revisit of the earlier ones and loop closure
+(candidates, verification, the pose graph) runs for real.
 """
 
 from __future__ import annotations
@@ -61,11 +64,15 @@ class CachedPredictor:
     weights_random = False
     weights_sha256 = None
 
-    def __init__(self, bank: PredictionBank, *, seed: int = 0, descriptor_dim: int = 256) -> None:
+    REVISIT_NOISE = 0.1
+    """Per-frame noise (relative to the unit slot descriptor) of ``revisit`` descriptors: laps match at ~0.99."""
+
+    def __init__(self, bank: PredictionBank, *, seed: int = 0, descriptor_dim: int = 256, revisit: bool = False) -> None:
         self.bank = bank
         self.seed = int(seed)
         self.descriptor_dim = int(descriptor_dim)
-        self.model_id = f"cached-simulated:P{len(bank.depth)}:seed{seed}"
+        self.revisit = bool(revisit)
+        self.model_id = f"cached-simulated:P{len(bank.depth)}:seed{seed}" + (":revisit" if revisit else "")
 
     def _gauge(self, indices: np.ndarray) -> Sim3:
         key = int.from_bytes(hashlib.blake2b(indices.tobytes(), digest_size=8).digest(), "little")
@@ -83,7 +90,11 @@ class CachedPredictor:
         chunk_from_world = self._gauge(idx)
         desc = np.empty((len(idx), self.descriptor_dim), np.float32)
         for k, i in enumerate(idx):
-            v = np.random.default_rng([self.seed, 7, int(i)]).standard_normal(self.descriptor_dim).astype(np.float32)
+            v = np.random.default_rng([self.seed, 7, int(i)]).standard_normal(self.descriptor_dim)
+            if self.revisit:
+                base = np.random.default_rng([self.seed, 8, int(slot[k])]).standard_normal(self.descriptor_dim)
+                v = base / np.linalg.norm(base) + self.REVISIT_NOISE * v / np.sqrt(self.descriptor_dim)
+            v = v.astype(np.float32)
             desc[k] = v / np.linalg.norm(v)
         return Prediction(
             depth=b.depth[slot] * np.float32(chunk_from_world.s),

@@ -141,8 +141,14 @@ def _run_engine(source: Any, store: Path, predictor, cfg: dict, base_config: Opt
 
         torch.cuda.reset_peak_memory_stats()
     sampler = ResourceSampler(0.25)
+    marks: list[tuple[float, int, int]] = []  # (perf_counter, source frames read, frames committed) per window
+
+    def progress(d: dict) -> None:
+        sampler.advance(d["frames"])
+        marks.append((time.perf_counter(), int(d.get("read", 0)), sampler.progress))
+
     runner = Recorder(source, store, predictor=predictor, config=config, resume=False, overwrite=True,
-                      progress=lambda d: sampler.advance(d["frames"]))
+                      progress=progress)
     with sampler:
         t0 = time.perf_counter()
         summary = runner.run()
@@ -178,6 +184,7 @@ def _run_engine(source: Any, store: Path, predictor, cfg: dict, base_config: Opt
 
         out["peak_gpu_mem_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
     out["_windows"] = windows
+    out["_marks"] = [(round(t - t0, 4), n_read, n_done) for t, n_read, n_done in marks]
     return out
 
 
@@ -276,6 +283,7 @@ def _one_run(args, overlap: int, store: Path, source, frame_source, predictor, g
     """One engine run at ``overlap``, the predictor alone over its windows, and the ATE when ``gt`` is known."""
     res = _run_engine(source(), store, predictor, _config(args, overlap), args.config)
     windows = res.pop("_windows")
+    res.pop("_marks")
     if not args.no_model_only:
         mo = _model_only(windows, frame_source, predictor)
         res["model_only"] = mo

@@ -69,8 +69,9 @@ def fuse_window(
         return empty_points()
     check_shape("conf", conf, (n, h, w), "f")
     s = max(1, int(pixel_stride))
-    d = np.asarray(depth[:, ::s, ::s], np.float32)
-    c = np.asarray(conf[:, ::s, ::s], np.float32)
+    # contiguous strided copies: the selections below are then flat gathers, not masked strided walks
+    d = np.ascontiguousarray(depth[:, ::s, ::s], np.float32)
+    c = np.ascontiguousarray(conf[:, ::s, ::s], np.float32)
     K = np.array(intrinsics, dtype=np.float64, copy=True)
     K[:, :2, :] /= s  # pixel (u, v) on the strided grid is (s*u, s*v) on the full grid
     valid = np.isfinite(d) & (d > 0) & np.isfinite(c)
@@ -79,18 +80,19 @@ def fuse_window(
     thr = np.quantile(c[valid], conf_quantile) if conf_quantile > 0 else -np.inf
     keep = valid & (c >= thr)
     xyz = _unproject_pixels(d, K, np.asarray(chunk_from_cam, np.float64), keep)
-    finite = np.all(np.isfinite(xyz), axis=1)
-    if not finite.all():  # only with non-finite cameras (the pipeline rejects those windows)
+    if not np.isfinite(xyz[:, 0] + xyz[:, 1] + xyz[:, 2]).all():  # a row sum is finite iff its 3 values are
+        finite = np.all(np.isfinite(xyz), axis=1)  # only with non-finite cameras (the pipeline rejects those)
         keep[keep] = finite
         xyz = xyz[finite]
-    cf = c[keep]
+    sel = np.flatnonzero(keep)  # the kept pixels in C order, as boolean indexing with ``keep`` orders them
+    cf = c.reshape(-1)[sel]
     if rgb is not None:
-        col = np.asarray(rgb[:, ::s, ::s])[keep].astype(np.float64)
+        col = np.ascontiguousarray(rgb[:, ::s, ::s]).reshape(-1, 3)[sel].astype(np.float64)
     else:
         col = np.full((xyz.shape[0], 3), 128.0)
     if xyz.shape[0] == 0:
         return empty_points()
-    vox = voxel_size if voxel_size > 0 else float(np.median(d[keep])) * voxel_fraction_of_depth
+    vox = voxel_size if voxel_size > 0 else float(np.median(d.reshape(-1)[sel])) * voxel_fraction_of_depth
     vox = max(vox, 1e-12)
     return _voxel_average(xyz, col, cf, vox, max_points)
 

@@ -26,6 +26,7 @@ from da3stream.core.types import Prediction, Predictor
 from da3stream.errors import ConfigError, Da3StreamError, PredictionError, RejectedWindow, SourceError, StoreError
 from da3stream.io.sources import Frame, open_source, source_options
 from da3stream.io.store.records import ChunkStatus
+from da3stream.streaming.collector import frozen_startup_objects
 from da3stream.streaming.keyframes import KeyframeStage
 from da3stream.streaming.planner import is_out_of_memory, plan_window, set_process_res
 from da3stream.streaming.resume import ResumePoint, creation_incomplete, discard_incomplete_store, open_store, restore
@@ -116,6 +117,10 @@ class StreamingReconstructor:
 
     # ------------------------------------------------------------------ the run
     def run(self) -> RunSummary:
+        with frozen_startup_objects():  # streaming/collector.py: full GC passes skip the start-up objects
+            return self._run()
+
+    def _run(self) -> RunSummary:
         t_start = time.perf_counter()
         point, store = self._resume_point()  # store -> run state, on resume
         self.writer = AsyncWriter(max_pending=2)

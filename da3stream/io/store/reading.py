@@ -58,7 +58,7 @@ class StoreReader:
             sel = self._rows(rows, c, "frames_table")
             out = {name: self._read(f"frames/{name}", sel, c) for name in
                    ("index", "timestamp", "chunk_id", "chunk_from_cam", "intrinsics")}
-            out["world_from_cam"] = self._read_slot("frames/world_from_cam", c)[sel]
+            out["world_from_cam"] = self._read_slot("frames/world_from_cam", c, sel)
             if descriptors and self.has_descriptors:
                 out["descriptor"] = self._read("frames/descriptor", sel, c)
             return out
@@ -228,12 +228,14 @@ class StoreReader:
                 return out
         raise StoreError(f"{self.path}: poses were rewritten {READ_RETRIES} times during one read")
 
-    def _read_slot(self, name: str, c: dict) -> np.ndarray:
-        """The live slot of a double-buffered pose array (``frames/world_from_cam`` or ``chunks/world_from_chunk``)."""
+    def _read_slot(self, name: str, c: dict, rows: Any = None) -> np.ndarray:
+        """``rows`` (all committed for None) of the live slot of a double-buffered pose array
+        (``frames/world_from_cam`` or ``chunks/world_from_chunk``); only those rows are read."""
         counter = self._specs[name]["counter"]
+        sel = slice(0, int(c[counter])) if rows is None else rows
         if self._pose_cache is not None:
-            return self._pose_cache[name][: int(c[counter])]
-        return self._read(f"{name}_{int(c['pose_slot'])}", slice(0, int(c[counter])), c, counter)
+            return self._pose_cache[name][: int(c[counter])][sel]
+        return self._read(f"{name}_{int(c['pose_slot'])}", sel, c, counter)
 
     def _group_table(self, group: str) -> dict[str, np.ndarray]:
         c = dict(self._current())

@@ -20,8 +20,10 @@ from da3stream.io.store.reading import READ_RETRIES
 
 __all__ = ["STATE_CNAME", "StoreResumeState"]
 
-STATE_CNAME = "lz4"
-"""Blosc codec of the resume state (rewritten every commit, read once: speed over size)."""
+STATE_CNAME = None
+"""Codec of the resume state: none. It is rewritten on every commit and read once, its size is fixed
+(two slots of the last window's overlap predictions, not growing with the run), and its float32
+depth and confidence barely compress, so compressing it only cost CPU on the writer's critical path."""
 
 
 class StoreResumeState:
@@ -33,34 +35,37 @@ class StoreResumeState:
         Args:
             arrays: name -> numeric array (any shape; float16/32/64, ints, bool).
             meta: JSON-able dict stored in the commit record.
+
+        The arrays of a slot are created once and overwritten in place while the
+        names, shapes and dtypes stay the same (the usual case: one overlap's worth
+        of frames each window); the slot written is never the live one, so a kill
+        mid-write leaves the committed state intact.
         """
         self._require_writer()
         live = (self._commit.get("state") or {}).get("slot")
         slot = 0 if live is None else 1 - int(live)
-        prefix = f"state/{slot}"
-        lvl = int(self._attrs["compression"]["level"])
-        names: list[str] = []
+        checked = _checked_state(arrays)
+        layout = tuple((name, a.shape, a.dtype.str) for name, a in checked.items())
         try:
-            sync(self._zstore.delete_dir(prefix))
-            zarr.create_group(self._zstore, path=prefix, zarr_format=3, overwrite=True)
-            for name, value in arrays.items():
-                if not str(name).isidentifier():
-                    raise StoreError(f"write_state: array name {name!r} must be an identifier")
-                a = np.ascontiguousarray(value)
-                if a.dtype.kind not in "biuf":
-                    raise ShapeError(f"write_state({name}): expected a numeric array, got dtype {a.dtype}")
-                arr = zarr.create_array(
-                    self._zstore, name=f"{prefix}/{name}", shape=a.shape, dtype=a.dtype,
-                    chunks=tuple(max(1, n) for n in a.shape),
-                    compressors=zu.blosc(STATE_CNAME, lvl, "shuffle", a.dtype.itemsize), zarr_format=3,
-                    config=zu.ARRAY_CONFIG,
-                )
-                if a.size:
-                    arr[...] = a
-                names.append(str(name))
+            cached = self._state_slots.get(slot)
+            if cached is None or cached[0] != layout:
+                self._state_slots.pop(slot, None)
+                cached = (layout, self._create_state_slot(f"state/{slot}", checked))
+                self._state_slots[slot] = cached
+            zu.write_whole([(cached[1][name], a) for name, a in checked.items() if a.size])
         except OSError as exc:
+            self._state_slots.pop(slot, None)
             raise StoreError(f"{self.path}: cannot write the resume state ({zu.os_reason(exc)})") from None
-        self._pending_state = {"slot": slot, "meta": zu.jsonable(dict(meta or {})), "names": names}
+        self._pending_state = {"slot": slot, "meta": zu.jsonable(dict(meta or {})), "names": list(checked)}
+
+    def _create_state_slot(self, prefix: str, checked: dict[str, np.ndarray]) -> dict[str, zarr.Array]:
+        """(Re)create the arrays of one state slot, one chunk each; returns them by name."""
+        sync(self._zstore.delete_dir(prefix))
+        zarr.create_group(self._zstore, path=prefix, zarr_format=3, overwrite=True)
+        return {name: zarr.create_array(self._zstore, name=f"{prefix}/{name}", shape=a.shape, dtype=a.dtype,
+                                        chunks=tuple(max(1, n) for n in a.shape), compressors=STATE_CNAME,
+                                        zarr_format=3, config=zu.ARRAY_CONFIG)
+                for name, a in checked.items()}
 
     def read_state(self) -> tuple[dict[str, np.ndarray], dict]:
         """``(arrays, meta)`` of the committed resume state; ``({}, {})`` when none was committed."""
@@ -94,3 +99,16 @@ class StoreResumeState:
             raise ValueError(f"{path}: shape {arr.shape} does not match its single chunk {arr.chunks}")
         return np.asarray(arr[...])
 
+
+
+def _checked_state(arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``arrays`` as contiguous numeric arrays, names checked (before anything is written)."""
+    out = {}
+    for name, value in arrays.items():
+        if not str(name).isidentifier():
+            raise StoreError(f"write_state: array name {name!r} must be an identifier")
+        a = np.ascontiguousarray(value)
+        if a.dtype.kind not in "biuf":
+            raise ShapeError(f"write_state({name}): expected a numeric array, got dtype {a.dtype}")
+        out[str(name)] = a
+    return out

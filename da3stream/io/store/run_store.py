@@ -79,6 +79,7 @@ class RunStore(StoreReader, StoreWriter, StoreResumeState):
         self._lock = lock
         self._arrays: dict[str, zarr.Array] = {}
         self._pending_state: Optional[dict] = None
+        self._state_slots: dict[int, tuple] = {}  # resume-state slot -> (layout, arrays), see write_state
         self._root: Optional[zarr.Group] = None
         self._specs = {s: dict(v) for s, v in attrs["arrays"].items()}
         self._pose_cache: Optional[dict[str, np.ndarray]] = None  # set on snapshot views

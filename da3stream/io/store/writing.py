@@ -28,6 +28,22 @@ __all__ = ["STATUSES", "StoreWriter"]
 STATUSES = ("running", "complete", "failed", "interrupted")
 
 
+GROWTH_FRACTION = 0.25
+"""A growing array is resized to its needed rows plus this fraction of them (at least one zarr chunk more)."""
+
+
+def grown_rows(arr: zarr.Array, need: int) -> int:
+    """The new row count of ``arr`` when a write needs ``need`` rows and it has fewer.
+
+    Resizing rewrites the array's ``zarr.json``; growing ahead by a fraction turns a
+    metadata rewrite of every array at every commit into one every few commits. Rows
+    beyond the commit counters are never read (readers stop at the counters, as after
+    any kill); a finished run trims them (:meth:`StoreWriter.set_status`) and a
+    reopening writer truncates them.
+    """
+    return int(need + max(int(arr.chunks[0]), int(need * GROWTH_FRACTION)))
+
+
 class StoreWriter:
     """The single writer's API (mixed into :class:`~da3stream.io.store.run_store.RunStore`)."""
 
@@ -103,6 +119,8 @@ class StoreWriter:
         run = dict(self._attrs.get("run", {}))
         run.update(zu.jsonable(extra))
         try:
+            if status != "running":  # a finished store's arrays end at the committed rows (see grown_rows)
+                zu.resize_rows(self._rows_beyond_commit())
             self._write_attrs({"status": status, "status_time": zu.utc_now(), "run": run})
         except OSError as exc:
             raise StoreError(f"{self.path}: cannot write the run status ({zu.os_reason(exc)})") from None
@@ -129,10 +147,14 @@ class StoreWriter:
         for path, counter, live in self._physical_paths():
             self._array(path, int(c[counter]) if live else 0)
 
-    def _truncate_uncommitted(self) -> None:
+    def _rows_beyond_commit(self) -> list[tuple[zarr.Array, int]]:
+        """(array, committed rows) of every live array that is longer or shorter than its commit counter."""
         c = self._commit
-        todo = [(self._arrays[p], int(c[counter])) for p, counter, live in self._physical_paths() if live]
-        todo = [(a, n) for a, n in todo if a.shape[0] != n]
+        todo = [(self._array(p), int(c[counter])) for p, counter, live in self._physical_paths() if live]
+        return [(a, n) for a, n in todo if a.shape[0] != n]
+
+    def _truncate_uncommitted(self) -> None:
+        todo = self._rows_beyond_commit()
         n_partial = zu.remove_partial_files(self.path)
         try:
             zu.resize_rows(todo)
@@ -171,7 +193,7 @@ class StoreWriter:
         if self._pending_state is not None:
             new["state"] = dict(self._pending_state, commit=new["id"])
         try:
-            zu.resize_rows([(a, start + len(d)) for a, start, d in items])
+            zu.resize_rows([(a, grown_rows(a, start + len(d))) for a, start, d in items if a.shape[0] < start + len(d)])
             zu.write_rows(items)
             self._write_attrs({"commit": new})
         except OSError as exc:

@@ -82,6 +82,11 @@ def write_rows(items: Iterable[tuple[zarr.Array, int, np.ndarray]]) -> None:
     _run_all(coros)
 
 
+def write_whole(items: Iterable[tuple[zarr.Array, np.ndarray]]) -> None:
+    """Overwrite each array with ``data`` of its own shape, all concurrently (one event-loop call)."""
+    _run_all([arr.async_array.setitem(Ellipsis, data) for arr, data in items])
+
+
 def _run_all(coros: list) -> None:
     """Run coroutines concurrently on zarr's event loop; the first exception propagates."""
 
@@ -100,7 +105,11 @@ def read_rows(arr: zarr.Array, rows: Any) -> np.ndarray:
     if idx.size == 0:
         return np.zeros((0,) + tuple(arr.shape[1:]), dtype=arr.dtype)
     uniq, inverse = np.unique(idx, return_inverse=True)
-    return np.asarray(arr.get_orthogonal_selection((uniq,)))[inverse]
+    if uniq[-1] - uniq[0] + 1 == uniq.size:  # a run of rows (a loop's verification window): a basic slice read
+        block = np.asarray(arr[int(uniq[0]) : int(uniq[-1]) + 1])
+    else:
+        block = np.asarray(arr.get_orthogonal_selection((uniq,)))
+    return block if uniq.size == idx.size and np.array_equal(uniq, idx) else block[inverse]
 
 
 def chunk_rows(row_bytes: int, target_bytes: int, minimum: int = 1, maximum: int = 1 << 20) -> int:

@@ -95,13 +95,15 @@ class PredictStage:
             raise PredictionError(f"predictor returned {type(pred).__name__}, expected Prediction")
         check_finite_cameras(pred, frames)
         pred.validate(len(frames))
-        bad = ~np.isfinite(pred.depth) | ~np.isfinite(pred.conf)
-        if bad.all():
+        finite = np.isfinite(pred.depth)
+        finite &= np.isfinite(pred.conf)
+        if not finite.any():
             raise RejectedWindow(f"window of frames {frames[0].index}-{frames[-1].index}: no finite depth")
+        bad = None if finite.all() else ~finite
         poses_from_rays(pred, frames, self.pose_source)
         if self.known_intrinsics is not None:
             use_known_intrinsics(pred, self.known_intrinsics, frames[0].image.shape[:2], self.predictor)
-        if bad.any():
+        if bad is not None:
             n_bad = int(bad.sum())
             self._timer_add("nonfinite_depth_values", n_bad)
             log.warning("window of frames %d-%d: %d non-finite depth/conf values masked", frames[0].index,
