@@ -21,6 +21,7 @@ SUBCOMMANDS = {
     "lie": "Sim(3) Exp/Log/action: alignment.lie vs pypose (when installed)",
     "registration": "window registration time at the pipeline's correspondence counts",
     "accuracy": "engine vs DA3-Streaming-style, naive chaining and the perfect-gauge floor on the same predictions",
+    "scaleout": "Ray scale-out: many sources and one split source, speed-up with 1/2/4 workers, merged vs single ATE",
 }
 
 
