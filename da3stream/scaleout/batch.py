@@ -22,7 +22,7 @@ from da3stream.scaleout.workers import make_workers, predictor_spec, ray_session
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SUMMARY_NAME", "reconstruct_many", "run_one", "store_names"]
+__all__ = ["SUMMARY_NAME", "ground_truth_in", "reconstruct_many", "run_one", "store_names", "summary_table"]
 
 SUMMARY_NAME = "summary.json"
 
@@ -109,3 +109,23 @@ def reconstruct_many(sources: Sequence[Any], out_dir: str | Path, *, predictor: 
                           "eta_s": elapsed / done * (len(sources) - done), "row": row})
     (out_dir / SUMMARY_NAME).write_text(json.dumps(rows, indent=1), encoding="utf-8")
     return rows
+
+
+def ground_truth_in(folder: str | Path, sources: Sequence[Any]) -> dict:
+    """source -> ``folder/<source name>.tum`` for the sources that have one."""
+    out = {}
+    for s in sources:
+        p = Path(folder) / (Path(str(s).rstrip("/")).stem + ".tum")
+        if p.is_file():
+            out[str(s)] = str(p)
+    return out
+
+
+def summary_table(rows: list[dict]) -> str:
+    """The summary as a text table: source, status, frames, ATE, seconds, error."""
+    lines = [f"{'source':40s} {'status':9s} {'frames':>7s} {'ATE':>9s} {'seconds':>8s}  error"]
+    for r in rows:
+        ate = "" if r["ate_rmse"] is None else f"{r['ate_rmse']:.4f}"
+        lines.append(f"{r['source'][-40:]:40s} {r['status']:9s} {r['frames'] or '':>7} {ate:>9s} "
+                     f"{r['seconds'] or 0:8.1f}  {r['error'] or ''}")
+    return "\n".join(lines)
