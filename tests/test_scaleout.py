@@ -195,11 +195,11 @@ def test_a_merge_interrupted_midway_reruns_to_the_same_store(seq_files, tmp_path
     with pytest.raises(_Killed):  # killed while moving pixels: some frames moved, nothing committed
         merge_mod.merge_parts(parts, out, BASE_CONFIG, factory(), after_move=die_after)
     assert RunStore.open(out, "r").n_frames == 0
-    real = merge_mod._loops_and_graph
-    monkeypatch.setattr(merge_mod, "_loops_and_graph", lambda *a, **k: (_ for _ in ()).throw(_Killed()))
+    real = merge_mod._graph
+    monkeypatch.setattr(merge_mod, "_graph", lambda *a, **k: (_ for _ in ()).throw(_Killed()))
     with pytest.raises(_Killed):  # killed after the assembly commit, before the pose graph
         merge_mod.merge_parts(parts, out, BASE_CONFIG, factory())
-    monkeypatch.setattr(merge_mod, "_loops_and_graph", real)
+    monkeypatch.setattr(merge_mod, "_graph", real)
     merge_mod.merge_parts(parts, out, BASE_CONFIG, factory())
     merge_mod.merge_parts(parts, out, BASE_CONFIG, factory())  # a rerun of a finished merge changes nothing
     st, ref = RunStore.open(out, "r"), RunStore.open(tmp_path / "ref" / "run.zarr", "r")

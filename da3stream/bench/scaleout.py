@@ -8,9 +8,11 @@ after the workers are up (their start-up is reported apart).
 - ``many``: ``--sources`` copies of a short synthetic video, 1, 2 and 4 workers.
 - ``split``: one source in K = 1 (the single-process run, no Ray), 2 and 4
   segments, on a loop sequence (``robot_loop``: two laps) and a sequence
-  without loops (``aliasing``: a corridor walked once). ATE of the merged store
-  against the single-process ATE on the same predictions, frame coverage
-  (the same source frames kept), and wall time (loop sequence, with the sleep).
+  without loops (``aliasing``: a corridor of identical segments walked once,
+  so every loop candidate is false), the latter also with loop closure off
+  (the joins alone). ATE of the merged store against the single-process ATE
+  on the same predictions, frame coverage (the same source frames kept), and
+  wall time (loop sequence, with the sleep).
 - ``ray_overhead_ms_per_window``: one source through one Ray worker minus the
   same run in this process, per window; and one empty actor call.
 
@@ -114,6 +116,8 @@ def run(args) -> dict:
             out["split"] = {
                 "robot_loop": split_source(work / "loop", "robot_loop", args.frames, args.sleep, counts),
                 "aliasing": split_source(work / "noloop", "aliasing", args.frames, 0.0, counts),
+                "aliasing_loop_closure_off": split_source(work / "noloop_off", "aliasing", args.frames, 0.0, counts,
+                                                          {"loop.enabled": False}),
             }
             out["ray_overhead_ms_per_window"] = ray_overhead(work / "overhead", args.source_frames)
             return out
@@ -159,7 +163,8 @@ def many_sources(work: Path, n_sources: int, n_frames: int, sleep_s: float, coun
     return {"sources": n_sources, "frames_each": n_frames, "runs": runs}
 
 
-def split_source(work: Path, preset: str, n_frames: int, sleep_s: float, counts: list) -> dict:
+def split_source(work: Path, preset: str, n_frames: int, sleep_s: float, counts: list,
+                 config: Optional[dict] = None) -> dict:
     """Single-process run vs K-way split on the same predictions: wall time, ATE, frame coverage."""
     from da3stream.io.evaluation.metrics import evaluate
     from da3stream.io.store import RunStore
@@ -172,7 +177,7 @@ def split_source(work: Path, preset: str, n_frames: int, sleep_s: float, counts:
         out = work / f"k{k}.zarr"
         shutil.rmtree(out, ignore_errors=True)
         t0 = time.perf_counter()
-        cfg = dict(BASE_CONFIG, **{"scaleout.workers": k})
+        cfg = dict(BASE_CONFIG, **(config or {}), **{"scaleout.workers": k})
         summary = reconstruct(video, out, predictor=factory() if k == 1 else factory, config=cfg)
         total = time.perf_counter() - t0
         st = RunStore.open(out, "r")
@@ -190,7 +195,7 @@ def split_source(work: Path, preset: str, n_frames: int, sleep_s: float, counts:
             runs[k]["ate_over_single"] = round(runs[k]["ate_rmse"] / ref[2]["ate_rmse"], 4)
             runs[k]["speedup"] = round(ref[2]["wall_s"] / wall, 3)
             runs[k]["speedup_over_workers"] = round(runs[k]["speedup"] / k, 3)
-    return {"preset": preset, "frames": n_frames, "sleep_s": sleep_s, "runs": runs}
+    return {"preset": preset, "frames": n_frames, "sleep_s": sleep_s, "config": dict(config or {}), "runs": runs}
 
 
 def ray_overhead(work: Path, n_frames: int) -> dict:

@@ -95,13 +95,35 @@ def reconstruct_split(source: Any, out: str | Path, *, predictor: Any = None, co
         seg_results = wait_all(ray, [workers[s.k % len(workers)].run_segment.remote(str(source), p, s, overrides)
                                      for p, s in zip(parts, segments)], segment_done)
         t_merge = time.perf_counter()
-        report = wait_all(ray, [workers[0].merge.remote(parts, str(out), overrides)])[0]
+        report = _merge(ray, workers, parts, out, overrides)
     shutil.rmtree(folder, ignore_errors=True)
     summary = _summary(out)
     summary.timings = {"segments": round(t_merge - t_seg, 4), "merge": round(time.perf_counter() - t_merge, 4),
                        "total": round(time.perf_counter() - t0, 4), "segments_run": len(segments),
                        "merge_steps": report["seconds"], "parts": seg_results}
     return summary
+
+
+def _merge(ray: Any, workers: list, parts: list, out: Path, overrides: dict) -> dict:
+    """The merge on the workers: prepare on one, the loop search spread over all, the graph on one."""
+    t0 = time.perf_counter()
+    wait_all(ray, [workers[0].merge_step.remote("prepare", parts, str(out), overrides)])
+    t1 = time.perf_counter()
+    n = len(workers)
+    found = wait_all(ray, [w.merge_step.remote("loops", parts, str(out), overrides, _share(out, k, n))
+                           for k, w in enumerate(workers)])
+    t2 = time.perf_counter()
+    report = wait_all(ray, [workers[0].merge_step.remote("finish", parts, str(out), overrides, found)])[0]
+    report["seconds"] = {"prepare": round(t1 - t0, 4), "loops": round(t2 - t1, 4),
+                         "graph": round(time.perf_counter() - t2, 4)}
+    return report
+
+
+def _share(out: Path, k: int, n: int) -> set:
+    """Query windows of worker ``k`` of ``n`` in the loop search: every n-th window (revisits spread evenly)."""
+    from da3stream.io.store import RunStore
+
+    return set(range(k, RunStore.open(out, "r").n_chunks, n))
 
 
 def _existing(out: Path, folder: Path, resume: bool, overwrite: bool) -> Optional[RunSummary]:

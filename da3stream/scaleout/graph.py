@@ -22,11 +22,10 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import logging
-from typing import Callable
+from typing import Callable, Optional
 
 import numpy as np
 
-from da3stream.alignment.sim3 import Sim3
 from da3stream.config import Config, LoopConfig
 from da3stream.core.types import Predictor
 from da3stream.streaming.loops.candidates import find_candidates
@@ -38,7 +37,7 @@ from da3stream.streaming.loops.verify import LoopVerifier, around
 
 log = logging.getLogger(__name__)
 
-__all__ = ["cross_segment_loops", "optimise_merged", "travelled"]
+__all__ = ["chain_units_fetch", "cross_segment_loops", "optimise_merged", "travelled"]
 
 
 def optimise_merged(world_from_chunk: list, seq: dict, units: np.ndarray, loops: list,
@@ -66,11 +65,19 @@ def travelled(world_from_cam: np.ndarray) -> np.ndarray:
 
 
 def cross_segment_loops(cfg: Config, predictor: Predictor, part_of_chunk: np.ndarray, first_row: dict,
-                        frame_stop: np.ndarray, frames: dict, world_from_cam: np.ndarray, world_from_chunk: list,
-                        context: Callable[[int, np.ndarray], WindowContext]) -> list:
-    """Every candidate between windows of different segments (LoopEdge, ``accepted`` set by the gates).
+                        frame_stop: np.ndarray, frames: dict, world_from_cam: np.ndarray,
+                        context: Callable[[int, np.ndarray], WindowContext], own: list,
+                        windows: Optional[set] = None) -> tuple[list, list]:
+    """``(candidates between segments, positions in own demoted)``, ``accepted`` set by the engine's gates.
 
     ``context(c, rows)`` builds window ``c``'s :class:`WindowContext` for its new frames ``rows``.
+    ``own``: the parts' candidates (LoopEdge, merged numbering). Each window spends the engine's per-window
+    verification budget (``loop.max_verifications``) on its best candidates by similarity, its part's and
+    those found here together, as one process searching both would: a part's verified candidate that
+    ranks below the budget is demoted (its position is returned), one within it keeps its outcome.
+    ``windows``: search only these query windows (the merge spreads windows over the workers); None: all.
+    Windows are independent here (every gate reads the trajectory before the merge's graph), so any split
+    of them gives the same result.
     """
     lc = cfg.loop
     index = DescriptorIndex(frames["descriptor"].shape[1], backend=lc.index_backend, device=lc.index_device,
@@ -78,7 +85,11 @@ def cross_segment_loops(cfg: Config, predictor: Predictor, part_of_chunk: np.nda
     verifier = LoopVerifier(lc, cfg.align, predictor, cfg.seed)
     dists = travelled(world_from_cam)
     spans: list[tuple[int, int]] = []  # (first index entry, window) per indexed window
+    by_window: dict = {}
+    for pos, e in enumerate(own):
+        by_window.setdefault(e.chunk_j, []).append((pos, e))
     out: list = []
+    demoted: list = []
     indexed_part = -1
     for c in range(len(part_of_chunk)):
         p = int(part_of_chunk[c])
@@ -89,29 +100,44 @@ def cross_segment_loops(cfg: Config, predictor: Predictor, part_of_chunk: np.nda
                 spans.append((len(index), int(w)))
                 index.add(frames["descriptor"][rows], frames["timestamp"][rows], dists[rows], frames["index"][rows],
                           rows)
-        if p == 0 or len(index) == 0:
+        if p == 0 or len(index) == 0 or (windows is not None and c not in windows):
             continue
         rows = np.arange(first_row[c], int(frame_stop[c]))
         if rows.size:
-            out += _window_loops(index, spans, verifier, context(c, rows), dists, lc)
-    return out
+            edges, demote = _window_loops(index, spans, verifier, context(c, rows), dists, lc, by_window.get(c, []))
+            out += edges
+            demoted += demote
+    return out, demoted
 
 
 def _window_loops(index, spans: list, verifier: LoopVerifier, ctx: WindowContext, dists: np.ndarray,
-                  lc: LoopConfig) -> list:
-    """Candidates of one window against the index, verified and gated (the loop closer's per-window steps)."""
+                  lc: LoopConfig, own: list) -> tuple[list, list]:
+    """One window's candidates across segments, verified and gated (the loop closer's per-window steps),
+    sharing the verification budget with the window's own part candidates ``own`` ((position, LoopEdge))."""
+    from da3stream.streaming.loops.records import unverified
+
     starts = [s for s, _ in spans]
     rows = np.asarray(ctx.rows)
-    edges, verified, n_verified = [], [], 0
-    for cand in find_candidates(index, ctx.descriptors, ctx.timestamps, dists[rows], ctx.indices, lc):
-        k = bisect.bisect_right(starts, cand.entry) - 1
-        first, chunk_i = spans[k]
-        stop = spans[k + 1][0] if k + 1 < len(spans) else len(index)
+    found = find_candidates(index, ctx.descriptors, ctx.timestamps, dists[rows], ctx.indices, lc)
+    ranked = sorted([(-e.similarity, 0, k) for k, (_pos, e) in enumerate(own) if e.reason != "adjacent_chunk"]
+                    + [(-cand.similarity, 1, k) for k, cand in enumerate(found)])
+    edges, verified, demoted, n_verified = [], [], [], 0
+    for _neg_sim, kind, k in ranked:
+        if kind == 0:  # the part's candidate: verified there (or left unverified by the part's budget)
+            pos, e = own[k]
+            if e.reason != "not_verified":
+                if n_verified < lc.max_verifications:
+                    n_verified += 1
+                else:
+                    demoted.append(pos)
+            continue
+        cand = found[k]
+        j = bisect.bisect_right(starts, cand.entry) - 1
+        first, chunk_i = spans[j]
+        stop = spans[j + 1][0] if j + 1 < len(spans) else len(index)
         base = dict(chunk_i=chunk_i, chunk_j=int(ctx.chunk_id), frame_i=int(index.rows[cand.entry]),
                     frame_j=int(rows[cand.query]), similarity=cand.similarity)
         if n_verified >= lc.max_verifications:
-            from da3stream.streaming.loops.records import unverified
-
             edges.append(unverified(base, "not_verified"))
             continue
         n_verified += 1
@@ -124,7 +150,7 @@ def _window_loops(index, spans: list, verifier: LoopVerifier, ctx: WindowContext
         else:
             edges.append(outcome)
     decide(verified, edges, lc)
-    return edges
+    return edges, demoted
 
 
 def chain_units_fetch(store, grid):
@@ -132,7 +158,3 @@ def chain_units_fetch(store, grid):
     from da3stream.streaming.stages.commit import StoreStage
 
     return StoreStage(store.path, None, None, store=store, grid=grid).fetch_frames
-
-
-def sim3_list(table: np.ndarray) -> list:
-    return [Sim3.from_array(a) for a in table]

@@ -132,10 +132,16 @@ class Worker:
 
         return run_one(source, Path(out), self.predictor, self._config, gt)
 
-    def merge(self, parts: list, out: str, overrides: dict) -> dict:
-        from da3stream.scaleout.merge import merge_parts
+    def merge_step(self, step: str, parts: list, out: str, overrides: dict, arg: Any = None) -> Any:
+        """One step of the merge (:mod:`da3stream.scaleout.merge`): prepare, loops (for windows ``arg``), finish."""
+        from da3stream.scaleout import merge
 
-        return merge_parts([Path(p) for p in parts], Path(out), self._config | overrides, self.predictor())
+        cfg = self._config | overrides
+        if step == "prepare":
+            return merge.prepare_merge(parts, Path(out), cfg)
+        if step == "loops":
+            return merge.search_loops(parts, Path(out), cfg, self.predictor(), windows=arg)
+        return merge.finish_merge(parts, Path(out), cfg, arg)
 
 
 def make_workers(ray: Any, n: int, spec: Any, cfg: Config, config: dict) -> list:
