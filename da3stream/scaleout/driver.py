@@ -139,8 +139,9 @@ def _existing(out: Path, folder: Path, resume: bool, overwrite: bool) -> Optiona
         if out.exists() and any(out.iterdir()):
             raise StoreError(f"{out}: store already exists; pass --resume to continue it or choose another --out")
         return None
-    if not folder.exists() and store_action(out) == "skip":
+    if store_action(out) == "skip":  # complete: only the parts folder may be left (a kill while removing it)
         log.info("%s: complete; nothing to resume", out)
+        shutil.rmtree(folder, ignore_errors=True)
         return _summary(out)
     return None
 
