@@ -95,7 +95,8 @@ def reconstruct_many(sources: Sequence[Any], out_dir: str | Path, *, predictor: 
     with ray_session(ray_address or cfg.scaleout.ray_address) as ray:
         from ray.util import ActorPool
 
-        pool = ActorPool(make_workers(ray, n_workers, spec, cfg, to_dict(cfg)))
+        workers = make_workers(ray, n_workers, spec, cfg, to_dict(cfg))
+        pool = ActorPool(list(workers))
         t0 = time.perf_counter()
         jobs = list(enumerate(sources))
         results = pool.map_unordered(lambda a, job: a.run_source.remote(str(job[1]), str(outs[job[0]]),

@@ -85,10 +85,14 @@ def reconstruct_split(source: Any, out: str | Path, *, predictor: Any = None, co
         overrides = {"chunk_size": int(chunk_size)}
         parts = [str(folder / f"part-{s.k:03d}.zarr") for s in segments]
 
+        owned = [(s.own_stop if s.own_stop is not None else n_frames) - s.own_start for s in segments]
+        read = [0]
+
         def segment_done(k: int, result: dict, elapsed: float) -> None:
             log.info("segment %d/%d done (%s) after %.1f s", k + 1, len(segments), result.get("status"), elapsed)
-            if progress is not None:
-                progress({"frames": int(result.get("frames") or 0), "chunk": -1, "status": 0, "loops": 0,
+            read[0] += owned[k]
+            if progress is not None:  # "read": source frames of the segments done (each counted once)
+                progress({"frames": owned[k], "read": read[0], "chunk": -1, "status": 0, "loops": 0,
                           "segments_done": k + 1, "segments": len(segments)})
 
         t_seg = time.perf_counter()

@@ -78,14 +78,16 @@ def predictor_spec(predictor: Any) -> Any:
 class Worker:
     """One Ray worker (used as an actor class; see the module docstring)."""
 
-    def __init__(self, spec: Any, config: dict) -> None:
-        self._spec, self._config = spec, config
+    def __init__(self, spec_ref: list, config: dict) -> None:
+        self._spec_ref, self._config = spec_ref, config  # [ObjectRef of the spec]: fetched when first needed
         self._predictor = None
         logging.basicConfig(level=logging.WARNING)
 
     def predictor(self) -> Any:
         if self._predictor is None:
-            spec = self._spec
+            import ray
+
+            spec = ray.get(self._spec_ref[0])
             if spec is None:
                 from da3stream.config import load_config
                 from da3stream.core import load_predictor
@@ -152,9 +154,19 @@ def make_workers(ray: Any, n: int, spec: Any, cfg: Config, config: dict) -> list
         gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
     actor = ray.remote(num_cpus=so.cpus_per_worker, num_gpus=gpus, max_restarts=MAX_RESTARTS,
                        max_task_retries=MAX_RESTARTS)(Worker)
-    workers = [actor.remote(spec, config) for _ in range(n)]
+    # The predictor goes into the object store once; each actor gets its reference inside a list (Ray does not
+    # resolve nested references), so a restarted actor fetches it again while the caller holds the reference.
+    spec_ref = [ray.put(spec)]
+    workers = _Workers(actor.remote(spec_ref, config) for _ in range(n))
+    workers.spec_ref = spec_ref  # held as long as the workers are
     wait_all(ray, [w.ready.remote() for w in workers])
     return workers
+
+
+class _Workers(list):
+    """The worker actors, holding the predictor's object-store reference while they are in use."""
+
+    spec_ref: list = []
 
 
 def remote_error(exc: BaseException) -> BaseException:
