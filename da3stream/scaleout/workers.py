@@ -150,8 +150,15 @@ def make_workers(ray: Any, n: int, spec: Any, cfg: Config, config: dict) -> list
     """``n`` worker actors with the scale-out config's resources, each checked alive."""
     so = cfg.scaleout
     gpus = so.gpus_per_worker
+    have = float(ray.cluster_resources().get("GPU", 0))
     if gpus is None:
-        gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
+        gpus = 1.0 if have >= 1 else 0.0
+    if gpus > 0 and n * gpus > have:
+        msg = (f"{n} workers x {gpus:g} GPUs need {n * gpus:g} GPUs; the Ray cluster has {have:g} "
+               "(set scaleout.gpus_per_worker, e.g. 0.5 for two workers per GPU, or fewer workers)")
+        if so.ray_address is None:  # a local instance never grows: the workers would wait forever
+            raise ConfigError(msg)
+        log.warning("%s; the workers wait until the cluster has them", msg)
     actor = ray.remote(num_cpus=so.cpus_per_worker, num_gpus=gpus, max_restarts=MAX_RESTARTS,
                        max_task_retries=MAX_RESTARTS)(Worker)
     # The predictor goes into the object store once; each actor gets its reference inside a list (Ray does not
