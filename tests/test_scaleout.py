@@ -216,3 +216,12 @@ def test_cli_scaleout_flags_set_the_config():
 
     args = _run_parser().parse_args(["v.mp4", "--out", "r.zarr", "--workers", "4", "--ray", "auto"])
     assert config_overrides(args) == {"scaleout.workers": 4, "scaleout.ray_address": "auto"}
+
+
+def test_a_local_ray_with_too_few_gpus_is_refused(ray_local):
+    from da3stream.config import load_config, to_dict
+    from da3stream.scaleout.workers import make_workers
+
+    cfg = load_config({"scaleout": {"workers": 2, "gpus_per_worker": 1.0}})
+    with pytest.raises(ConfigError, match="need 2 GPUs; the Ray cluster has 0"):
+        make_workers(ray_local, 2, None, cfg, to_dict(cfg))
