@@ -225,3 +225,24 @@ def test_a_local_ray_with_too_few_gpus_is_refused(ray_local):
     cfg = load_config({"scaleout": {"workers": 2, "gpus_per_worker": 1.0}})
     with pytest.raises(ConfigError, match="need 2 GPUs; the Ray cluster has 0"):
         make_workers(ray_local, 2, None, cfg, to_dict(cfg))
+
+
+def test_a_failed_split_run_resumes_where_it_stopped(ray_local, split_run, seq_files, tmp_path):
+    from da3stream.errors import Da3StreamError
+    from da3stream.scaleout.driver import parts_dir
+    from da3stream.streaming import reconstruct
+
+    _work, factory, video, _gt = seq_files
+    out = tmp_path / "failed.zarr"
+    failing = SyntheticFactory(factory.preset, factory.n_frames, hold_at_call=3, marker=str(tmp_path / "m"), fail=True)
+    with pytest.raises(Da3StreamError, match="simulated predictor failure"):
+        reconstruct(video, out, predictor=failing, config=SPLIT)
+    assert parts_dir(out).is_dir()
+    with pytest.raises(Da3StreamError, match="--resume"):
+        reconstruct(video, out, predictor=factory, config=SPLIT)
+    summary = reconstruct(video, out, predictor=factory, config=SPLIT, resume=True)
+    parts = summary.timings["parts"]
+    assert all(p["status"] == "complete" for p in parts) and any(p.get("resumed") for p in parts)
+    idx_a, pose_a = _poses(split_run[0])
+    idx_b, pose_b = _poses(out)
+    assert np.array_equal(idx_a, idx_b) and np.max(np.abs(pose_a - pose_b)) <= 1e-9

@@ -45,29 +45,45 @@ class SleepPredictor:
     """The simulated predictor whose forward also sleeps ``sleep_s`` (GPU time), optionally held once.
 
     With ``hold_at_call`` the forward of that call writes the process id to ``marker`` and waits (a test
-    kills the process then); a process that finds the marker already written does not hold again.
+    kills the process then), or with ``fail`` raises a PredictionError; only the first process to create
+    ``marker`` does so, once.
     """
 
     simulated = True
     weights_random = False
     weights_sha256 = None
 
-    def __init__(self, inner, sleep_s: float, hold_at_call: Optional[int] = None, marker: Optional[str] = None):
-        self.inner, self.sleep_s = inner, float(sleep_s)
+    def __init__(self, inner, sleep_s: float, hold_at_call: Optional[int] = None, marker: Optional[str] = None,
+                 fail: bool = False):
+        self.inner, self.sleep_s, self.fail = inner, float(sleep_s), bool(fail)
         self.model_id = getattr(inner, "model_id", "simulated")
         self.hold_at_call, self.marker, self.calls = hold_at_call, marker, 0
 
     def predict(self, batch):
-        import os
-
         self.calls += 1
-        if self.hold_at_call is not None and self.calls == self.hold_at_call and not Path(self.marker).exists():
-            Path(self.marker).write_text(str(os.getpid()), encoding="utf-8")
+        if self.hold_at_call is not None and self.calls == self.hold_at_call and _first(self.marker):
+            if self.fail:
+                from da3stream.errors import PredictionError
+
+                raise PredictionError("simulated predictor failure (once)")
             time.sleep(HOLD_S)
         out = self.inner.predict(batch)
         if self.sleep_s:
             time.sleep(self.sleep_s)
         return out
+
+
+def _first(marker: str) -> bool:
+    """Create ``marker`` holding this process id; False when it exists (another process got there first)."""
+    import os
+
+    try:
+        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        return False
+    os.write(fd, str(os.getpid()).encode())
+    os.close(fd)
+    return True
 
 
 @dataclass(frozen=True)
@@ -82,6 +98,7 @@ class SyntheticFactory:
     sleep_s: float = 0.0
     hold_at_call: Optional[int] = None
     marker: Optional[str] = None
+    fail: bool = False
 
     def sequence(self):
         from da3stream.synthetic import make_sequence
@@ -95,7 +112,7 @@ class SyntheticFactory:
                                  seed=self.seed)
         if not self.sleep_s and self.hold_at_call is None:
             return sim
-        return SleepPredictor(sim, self.sleep_s, self.hold_at_call, self.marker)
+        return SleepPredictor(sim, self.sleep_s, self.hold_at_call, self.marker, self.fail)
 
 
 def add_arguments(p) -> None:
