@@ -143,10 +143,14 @@ def _existing(out: Path, folder: Path, resume: bool, overwrite: bool) -> Optiona
         if out.exists() and any(out.iterdir()):
             raise StoreError(f"{out}: store already exists; pass --resume to continue it or choose another --out")
         return None
-    if store_action(out) == "skip":  # complete: only the parts folder may be left (a kill while removing it)
+    action = store_action(out)
+    if action == "skip":  # complete: only the parts folder may be left (a kill while removing it)
         log.info("%s: complete; nothing to resume", out)
         shutil.rmtree(folder, ignore_errors=True)
         return _summary(out)
+    if action == "resume" and not folder.exists():
+        raise StoreError(f"{out}: not the store of an unfinished split run (no {folder.name}); "
+                         "resume it without --workers")
     return None
 
 

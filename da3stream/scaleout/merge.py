@@ -82,8 +82,12 @@ def prepare_merge(part_paths: list, out: Path, config: Any,
                   after_move: Optional[Callable[[int], None]] = None) -> None:
     """Steps 1-2: the plan, then the merged store assembled and committed (nothing done twice)."""
     out = Path(out)
-    if not creation_incomplete(out) and RunStore.open(out, "r").committed["id"] > 0:
-        return
+    if not creation_incomplete(out):
+        store = RunStore.open(out, "r")
+        if store.attrs_get("scaleout") is None:
+            raise StoreError(f"{out}: exists and is not a merged store; choose another output")
+        if store.committed["id"] > 0:
+            return
     cfg, parts, merged, spans = _merged(part_paths, config)
     if creation_incomplete(out):
         discard_incomplete_store(out)
