@@ -128,10 +128,10 @@ def run(args) -> dict:
     keep = args.workdir is not None
     work = Path(args.workdir) if keep else Path(tempfile.mkdtemp(prefix="da3stream-scaleout-"))
     counts = [int(k) for k in str(args.workers).split(",")]
-    from da3stream.scaleout.workers import ray_session
+    from da3stream.scaleout.workers import ray_connection
 
     try:
-        with ray_session(None, num_cpus=2):
+        with ray_connection(None, num_cpus=2):
             out = {"config": dict(BASE_CONFIG), "sleep_s": args.sleep, "workers": counts}
             out["many"] = many_sources(work / "many", args.sources, args.source_frames, args.sleep, counts)
             same = SAME_PREDICTIONS

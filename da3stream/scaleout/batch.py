@@ -18,7 +18,7 @@ from typing import Any, Callable, Optional, Sequence
 from da3stream.config import load_config, to_dict
 from da3stream.errors import ConfigError, Da3StreamError
 from da3stream.scaleout.segment import store_action
-from da3stream.scaleout.workers import make_workers, predictor_spec, ray_session
+from da3stream.scaleout.workers import make_workers, predictor_spec, ray_connection
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ def reconstruct_many(sources: Sequence[Any], out_dir: str | Path, *, predictor: 
     outs = [out_dir / n for n in store_names(sources)]
     n_workers = max(1, min(int(workers or cfg.scaleout.workers), len(sources)))
     rows: list = [None] * len(sources)
-    with ray_session(ray_address or cfg.scaleout.ray_address) as ray:
+    with ray_connection(ray_address or cfg.scaleout.ray_address) as ray:
         from ray.util import ActorPool
 
         workers = make_workers(ray, n_workers, spec, cfg, to_dict(cfg))

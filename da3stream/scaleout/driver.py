@@ -24,7 +24,7 @@ from da3stream.io.sources import open_source, source_options
 from da3stream.streaming.summary import RunSummary
 from da3stream.scaleout.segment import store_action
 from da3stream.scaleout.split import Segment, plan_segments
-from da3stream.scaleout.workers import make_workers, predictor_spec, ray_session, wait_all
+from da3stream.scaleout.workers import make_workers, predictor_spec, ray_connection, wait_all
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ def reconstruct_split(source: Any, out: str | Path, *, predictor: Any = None, co
         return done
     spec = predictor_spec(predictor)
     config_dict = to_dict(cfg)
-    with ray_session(cfg.scaleout.ray_address) as ray:
+    with ray_connection(cfg.scaleout.ray_address) as ray:
         folder.mkdir(parents=True, exist_ok=True)
         plan_path = folder / SPLIT_NAME
         workers = make_workers(ray, cfg.scaleout.workers, spec, cfg, config_dict)

@@ -29,14 +29,14 @@ from da3stream.errors import ConfigError, Da3StreamError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MAX_RESTARTS", "Worker", "make_workers", "predictor_spec", "ray_session", "remote_error", "wait_all"]
+__all__ = ["MAX_RESTARTS", "Worker", "make_workers", "predictor_spec", "ray_connection", "remote_error", "wait_all"]
 
 MAX_RESTARTS = 4
 """Restarts Ray grants a worker whose process died (and retries of the call it was running)."""
 
 
 @contextlib.contextmanager
-def ray_session(address: Optional[str], num_cpus: Optional[int] = None) -> Iterator[Any]:
+def ray_connection(address: Optional[str], num_cpus: Optional[int] = None) -> Iterator[Any]:
     """A connected Ray: the running one, the cluster at ``address``, or a local instance (stopped on exit)."""
     try:
         import ray
