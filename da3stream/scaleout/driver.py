@@ -24,7 +24,7 @@ from da3stream.io.sources import open_source, source_options
 from da3stream.streaming.summary import RunSummary
 from da3stream.scaleout.segment import store_action
 from da3stream.scaleout.split import Segment, plan_segments
-from da3stream.scaleout.workers import make_workers, predictor_spec, ray_connection, wait_all
+from da3stream.scaleout.workers import make_workers, predictor_spec, ray_connection, stop_workers, wait_all
 
 log = logging.getLogger(__name__)
 
@@ -96,10 +96,14 @@ def reconstruct_split(source: Any, out: str | Path, *, predictor: Any = None, co
                           "segments_done": k + 1, "segments": len(segments)})
 
         t_seg = time.perf_counter()
-        seg_results = wait_all(ray, [workers[s.k % len(workers)].run_segment.remote(str(source), p, s, overrides)
-                                     for p, s in zip(parts, segments)], segment_done)
-        t_merge = time.perf_counter()
-        report = _merge(ray, workers, parts, out, overrides)
+        try:
+            seg_results = wait_all(ray, [workers[s.k % len(workers)].run_segment.remote(str(source), p, s, overrides)
+                                         for p, s in zip(parts, segments)], segment_done)
+            t_merge = time.perf_counter()
+            report = _merge(ray, workers, parts, out, overrides)
+        except BaseException:
+            stop_workers(ray, workers)  # the other segments stop too; --resume continues them
+            raise
     shutil.rmtree(folder, ignore_errors=True)
     summary = _summary(out)
     summary.timings = {"segments": round(t_merge - t_seg, 4), "merge": round(time.perf_counter() - t_merge, 4),

@@ -29,7 +29,7 @@ from da3stream.errors import ConfigError, Da3StreamError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MAX_RESTARTS", "Worker", "make_workers", "predictor_spec", "ray_connection", "remote_error", "wait_all"]
+__all__ = ["MAX_RESTARTS", "Worker", "make_workers", "predictor_spec", "ray_connection", "remote_error", "stop_workers", "wait_all"]
 
 MAX_RESTARTS = 4
 """Restarts Ray grants a worker whose process died (and retries of the call it was running)."""
@@ -174,6 +174,17 @@ class _Workers(list):
     """The worker actors, holding the predictor's object-store reference while they are in use."""
 
     spec_ref: list = []
+
+
+def stop_workers(ray: Any, workers: list) -> None:
+    """Kill the workers and wait until they are gone (a rerun may then take their stores' writer locks)."""
+    for w in workers:
+        ray.kill(w, no_restart=True)
+    for w in workers:
+        try:
+            ray.get(w.pid.remote(), timeout=60)
+        except Exception:  # noqa: BLE001 - the dead actor's error is what we wait for
+            pass
 
 
 def remote_error(exc: BaseException) -> BaseException:
