@@ -7,6 +7,8 @@ run_stream.py export RUN.zarr --tum T.txt --kitti K.txt --ply map.ply
 run_stream.py eval RUN.zarr --gt gt.tum
 run_stream.py report RUN.zarr [--gt gt.tum] [--out report.html]
 run_stream.py view RUN.zarr          (or: run_stream.py SOURCE --out RUN.zarr --view)
+run_stream.py SOURCE --out RUN.zarr --workers K [--ray ADDRESS]   (one source split across K Ray workers)
+run_stream.py batch SRC... --out-dir DIR [--ray ADDRESS]          (many sources, one store each)
 ```
 
 Library errors (:class:`~da3stream.errors.Da3StreamError`) become one line on
@@ -26,7 +28,7 @@ from da3stream.errors import ConfigError, Da3StreamError, ExportError
 
 log = logging.getLogger("da3stream.cli")
 
-SUBCOMMANDS = ("export", "eval", "view", "report")
+SUBCOMMANDS = ("export", "eval", "view", "report", "batch")
 EXIT_INTERRUPTED = 130
 EXIT_INTERNAL = 70
 DEFAULT_REPORT = "report.html"
@@ -78,7 +80,28 @@ def _run_parser() -> argparse.ArgumentParser:
     p.add_argument("--ply", help="also write the fused map as PLY when done")
     p.add_argument("--gt", help="ground-truth TUM trajectory: print ATE/RPE when done")
     p.add_argument("--view", action="store_true", help="serve the live viewer while the run writes --out")
+    _scaleout_args(p)
     _viewer_args(p)
+    _common(p)
+    return p
+
+
+def _scaleout_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--workers", type=int, help="Ray workers: split one source into K segments (run) / run K sources "
+                   "at once (batch)")
+    p.add_argument("--ray", help="Ray cluster address (auto: the one 'ray start --head' runs); default: a local instance")
+
+
+def _batch_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="run_stream.py batch", description="Reconstruct many sources on Ray workers, one "
+                                "store each (complete stores are skipped, incomplete ones resumed).")
+    p.add_argument("sources", nargs="+", help="videos, image folders or bags")
+    p.add_argument("--out-dir", required=True, help="folder of the stores and of summary.json")
+    p.add_argument("--config", help="YAML config (see configs/)")
+    p.add_argument("--model", help="DA3 checkpoint directory or hub id, or random-<preset>")
+    p.add_argument("--gt-dir", help="folder of ground-truth TUM files named <source name>.tum (adds the ATE column)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any config override")
+    _scaleout_args(p)
     _common(p)
     return p
 
@@ -177,6 +200,8 @@ CONFIG_FLAGS: dict[str, tuple[str, str]] = {
     "no_loop": ("loop.enabled", "off"),
     "no_keyframes": ("keyframes.enabled", "off"),
     "model": ("model.id", "text"),
+    "workers": ("scaleout.workers", "value"),
+    "ray": ("scaleout.ray_address", "text"),
     "set": ("", "set"),
 }
 """argparse dest -> (dotted config key, kind): "value" (set when given), "text" (set when non-empty),
@@ -416,6 +441,33 @@ def _cmd_report(argv: Sequence[str]) -> int:
     return 0
 
 
+def _cmd_batch(argv: Sequence[str]) -> int:
+    args = _batch_parser().parse_args(argv)
+    _setup_logging(args)
+    from da3stream.config import load_config
+    from da3stream.scaleout.batch import SUMMARY_NAME, ground_truth_in, reconstruct_many, summary_table
+
+    cfg = load_config(args.config, config_overrides(args, ("model", "set", "workers", "ray")))
+    gt = ground_truth_in(args.gt_dir, args.sources) if args.gt_dir else None
+    bar = None
+    if not (args.quiet or args.json):
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(args.sources), unit="source", desc="sources done", dynamic_ncols=True, file=sys.stderr)
+    try:
+        rows = reconstruct_many(args.sources, args.out_dir, predictor=_random_model(cfg), config=cfg,
+                                ground_truth=gt, progress=(lambda info: bar.update(1)) if bar else None)
+    finally:
+        if bar is not None:
+            bar.close()
+    if args.json:
+        print(json.dumps({"sources": rows}, indent=2, default=_json_default))
+    else:
+        print(summary_table(rows))
+        print(f"summary: {Path(args.out_dir) / SUMMARY_NAME}", file=sys.stderr)
+    return 0 if all(r["error"] is None for r in rows) else 1
+
+
 def _emit(result: dict, args: argparse.Namespace) -> None:
     if args.json:
         print(json.dumps(result, indent=2, default=_json_default))
@@ -464,6 +516,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return _cmd_view(argv[1:])
         if argv and argv[0] == "report":
             return _cmd_report(argv[1:])
+        if argv and argv[0] == "batch":
+            return _cmd_batch(argv[1:])
         return _cmd_run(argv)
     except Da3StreamError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -22,6 +22,7 @@ SUBCOMMANDS = {
     "registration": "window registration time at the pipeline's correspondence counts",
     "accuracy": "engine vs DA3-Streaming-style, naive chaining and the perfect-gauge floor on the same predictions",
     "gpu": "every GPU figure in one command under a time cap: ours vs official, end to end, the hour (--smoke: CPU)",
+    "scaleout": "Ray scale-out: many sources and one split source, speed-up with 1/2/4 workers, merged vs single ATE",
 }
 
 

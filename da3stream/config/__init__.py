@@ -17,6 +17,6 @@ module) and loads through :func:`build_dataclass`. This package imports only
 
 from da3stream.config.components import PoseConditioning, SkyParams, MetricAlignParams, COMPONENT_CONFIGS
 from da3stream.config.loading import to_dict, build_dataclass, load_config, field_docs
-from da3stream.config.tree import SourceConfig, KeyframeConfig, ModelConfig, AlignConfig, LoopConfig, FusionConfig, StoreConfig, Config
+from da3stream.config.tree import SourceConfig, KeyframeConfig, ModelConfig, AlignConfig, LoopConfig, FusionConfig, StoreConfig, ScaleoutConfig, Config
 
-__all__ = ["AlignConfig", "COMPONENT_CONFIGS", "Config", "FusionConfig", "KeyframeConfig", "LoopConfig", "MetricAlignParams", "ModelConfig", "PoseConditioning", "SkyParams", "SourceConfig", "StoreConfig", "build_dataclass", "field_docs", "load_config", "to_dict"]
+__all__ = ["AlignConfig", "COMPONENT_CONFIGS", "Config", "FusionConfig", "KeyframeConfig", "LoopConfig", "MetricAlignParams", "ModelConfig", "PoseConditioning", "ScaleoutConfig", "SkyParams", "SourceConfig", "StoreConfig", "build_dataclass", "field_docs", "load_config", "to_dict"]

@@ -217,6 +217,28 @@ class StoreConfig:
 
 
 @dataclass(frozen=True)
+class ScaleoutConfig:
+    """Scale-out on Ray: one source split across workers (``da3stream.scaleout``)."""
+
+    workers: int = 1
+    """Segments one source is split into, each reconstructed by its own Ray worker (1: the single-process run)."""
+    ray_address: Optional[str] = None
+    """Ray cluster to join (``auto``, ``ray://host:10001``, ``host:6379``); None starts a local Ray instance."""
+    gpus_per_worker: Optional[float] = None
+    """GPUs each worker actor reserves; None: 1 when the Ray cluster has GPUs, else 0."""
+    cpus_per_worker: float = 0.5
+    """CPUs each worker actor reserves."""
+
+    def __post_init__(self) -> None:
+        if self.workers < 1:
+            raise ConfigError(f"scaleout.workers must be >= 1, got {self.workers}")
+        if self.gpus_per_worker is not None and self.gpus_per_worker < 0:
+            raise ConfigError(f"scaleout.gpus_per_worker must be >= 0, got {self.gpus_per_worker}")
+        if self.cpus_per_worker < 0:
+            raise ConfigError(f"scaleout.cpus_per_worker must be >= 0, got {self.cpus_per_worker}")
+
+
+@dataclass(frozen=True)
 class Config:
     """Root of the configuration tree."""
 
@@ -250,6 +272,8 @@ class Config:
     """Fused point map."""
     store: StoreConfig = field(default_factory=StoreConfig)
     """Store contents."""
+    scaleout: ScaleoutConfig = field(default_factory=ScaleoutConfig)
+    """Scale-out on Ray (split one source across workers)."""
 
     def __post_init__(self) -> None:
         if self.chunk_size is not None and self.chunk_size < 1:

@@ -435,7 +435,19 @@ def reconstruct(
         progress: called after every window with a small dict (frames, chunk, status, loops, read: source frames
             read so far, keyframes: kept so far).
         overwrite: replace an existing store at ``out``.
+
+    With ``scaleout.workers`` K > 1 the source is split across K Ray workers and merged into ``out``
+    (:func:`da3stream.scaleout.driver.reconstruct_split`; the predictor must pickle, or be a zero-argument factory).
     """
-    runner = StreamingReconstructor(source, out, predictor=predictor, config=config, resume=resume,
+    cfg = load_config(config)
+    if cfg.scaleout.workers > 1:
+        # The one call up to the scale-out room, which builds on this one: resolved by name at run time,
+        # so that imports between the rooms stay one-way (docs/ARCHITECTURE.md).
+        import importlib
+
+        split = importlib.import_module("da3stream.scaleout.driver").reconstruct_split
+        return split(source, out, predictor=predictor, config=cfg, resume=resume, progress=progress,
+                     overwrite=overwrite)
+    runner = StreamingReconstructor(source, out, predictor=predictor, config=cfg, resume=resume,
                                     progress=progress, overwrite=overwrite)
     return runner.run()
