@@ -133,9 +133,18 @@ def test_a_worker_killed_mid_segment_is_restarted_and_resumes(ray_local, split_r
 def test_a_predictor_that_cannot_pickle_is_one_clear_error(seq_files, tmp_path):
     from da3stream.streaming import reconstruct
 
+    import threading
+
+    class Locked:  # a predictor that holds a lock cannot be pickled
+        def __init__(self, inner):
+            self.inner, self.lock = inner, threading.Lock()
+
+        def predict(self, batch, **priors):
+            return self.inner.predict(batch, **priors)
+
     _work, factory, video, _gt = seq_files
     with pytest.raises(ConfigError, match="factory"):
-        reconstruct(video, tmp_path / "x.zarr", predictor=factory(), config=SPLIT)  # it holds a lock: no pickle
+        reconstruct(video, tmp_path / "x.zarr", predictor=Locked(factory()), config=SPLIT)
 
 
 def test_many_sources_a_bad_one_among_good_ones(ray_local, seq_files, tmp_path):

@@ -90,6 +90,16 @@ class SyntheticSequence:
         self._last_query: Optional[tuple] = None
         self._lock = threading.RLock()  # a prefetch thread may read frames while the predictor reads depth
 
+    def __getstate__(self) -> dict:
+        """Pickles without the lock (Ray sends the simulated predictor to its workers this way)."""
+        state = dict(self.__dict__)
+        state.pop("_lock", None)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.RLock()
+
     # ------------------------------------------------------------------ basics
 
     def __len__(self) -> int:
