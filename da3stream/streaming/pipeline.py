@@ -102,7 +102,8 @@ class StreamingReconstructor:
         self.keyframes = KeyframeStage(cfg.keyframes)
         self.scheduler = WindowScheduler(chunk_size=0, overlap=cfg.overlap)
         self.predict_stage = PredictStage(self.predictor, pose_source=cfg.align.pose_source, timer_add=self.timer.add)
-        self.align_stage = AlignStage(cfg.align, seed=cfg.seed)
+        self.align_stage = AlignStage(cfg.align, seed=cfg.seed,
+                                      poses_from_rays=lambda: self.predict_stage.poses_from_rays)
         self.loop_stage = LoopStage(cfg.loop, cfg.align, self.predictor, seed=cfg.seed)
         self.fuse_stage = FuseStage(cfg.fusion)
         self.store_stage: Optional[StoreStage] = None  # made by run(), with the writer

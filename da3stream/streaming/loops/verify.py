@@ -31,6 +31,7 @@ from da3stream.streaming.loops.consistency import Verified, measure
 from da3stream.streaming.loops.graph import median_depth
 from da3stream.streaming.loops.records import FrameData, WindowContext, canonical_sim3, unverified
 from da3stream.streaming.overlap_fit import register_pair
+from da3stream.streaming.stages.align import cameras_trusted
 from da3stream.streaming.stages.cameras import poses_from_rays
 from da3stream.streaming.planner import is_out_of_memory
 
@@ -138,7 +139,7 @@ class LoopVerifier:
                             world_from_cam=np.asarray(old.chunk_from_cam, np.float64),
                             intrinsics=np.asarray(old.intrinsics, np.float64))
         halves = ((slice(0, k_old), stored, 0), (slice(k_old, len(loop_pred)), cur, 1))
-        trusted = self.align.mode == "auto" and self.align.pose_source != "head" and loop_pred.rays is not None
+        trusted = cameras_trusted(self.align, loop_pred.rays is not None)
         results = []
         for sel, chunk_half, half in halves:
             result, reason = register_half(loop_pred.subset(sel), chunk_half,

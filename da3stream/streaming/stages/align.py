@@ -21,7 +21,7 @@ exports stay bounded.
 from __future__ import annotations
 
 import logging
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -47,9 +47,11 @@ class AlignStage:
         seed: the run's seed (correspondence sampling is seeded from (seed, window id)).
     """
 
-    def __init__(self, cfg: AlignConfig, *, seed: int) -> None:
+    def __init__(self, cfg: AlignConfig, *, seed: int, poses_from_rays: Callable[[], bool] = lambda: False) -> None:
         self.cfg = cfg
         self.seed = seed
+        self.poses_from_rays = poses_from_rays
+        """Whether the run's poses are fitted to ray maps even where the rays were dropped (known calibration)."""
 
     def __call__(self, window: Window, state: RunState) -> Window:
         chunk_id, n_carry, pred = window.chunk_id, window.n_carry, window.prediction
@@ -87,7 +89,8 @@ class AlignStage:
             return pose_est, quality.replace(scale=pose_est.s)
         rng = np.random.default_rng([self.seed, chunk_id])
         try:
-            fit = register_pair(prev, cur, a, rng, rotation_from_cameras=cameras_trusted(prev, cur, a))
+            fitted = self.poses_from_rays() or (prev.rays is not None and cur.rays is not None)
+            fit = register_pair(prev, cur, a, rng, rotation_from_cameras=cameras_trusted(a, fitted))
         except AlignmentError as exc:
             log.warning("chunk %d: registration failed (%s); falling back to camera poses", chunk_id, exc)
             pose_est = _pose_estimate(prev, cur)
@@ -126,9 +129,9 @@ class AlignStage:
         return pose_est, quality.replace(status=ChunkStatus.GATED, reason=reason, scale=pose_est.s)
 
 
-def cameras_trusted(a: Prediction, b: Prediction, cfg: AlignConfig) -> bool:
+def cameras_trusted(cfg: AlignConfig, poses_fitted: bool) -> bool:
     """Align mode ``auto`` takes the rotation from the cameras when both sides' poses were fitted to rays."""
-    return cfg.mode == "auto" and cfg.pose_source != "head" and a.rays is not None and b.rays is not None
+    return cfg.mode == "auto" and cfg.pose_source != "head" and bool(poses_fitted)
 
 
 def _pose_estimate(prev: Prediction, cur: Prediction) -> Optional[Sim3]:

@@ -27,21 +27,23 @@ log = logging.getLogger(__name__)
 __all__ = ["ImageGrid", "poses_from_rays", "use_known_intrinsics"]
 
 
-def poses_from_rays(pred: Prediction, frames: list, pose_source: str) -> None:
-    """Set ``pred``'s poses and intrinsics from its ray map unless ``pose_source`` is ``"head"`` (or no rays).
+def poses_from_rays(pred: Prediction, frames: list, pose_source: str) -> bool:
+    """Set ``pred``'s poses and intrinsics from its ray map unless ``pose_source`` is ``"head"`` (or no rays);
+    True when it did.
 
     A failed fit (degenerate rays) keeps the camera head's and says so in the log.
     """
     if pred.rays is None or pose_source == "head":
-        return
+        return False
     try:
         chunk_from_cam, K = pose_from_rays(pred.rays, tuple(pred.depth.shape[1:]), pred.ray_conf)
     except AlignmentError as exc:
         log.warning("window of frames %d-%d: poses from rays failed (%s); using the camera head", frames[0].index,
                     frames[-1].index, exc)
-        return
+        return False
     pred.world_from_cam = chunk_from_cam
     pred.intrinsics = K
+    return True
 
 
 def use_known_intrinsics(pred: Prediction, K_orig: np.ndarray, image_hw: tuple, predictor: Any) -> None:

@@ -72,6 +72,9 @@ class PredictStage:
         builds the camera token only when extrinsics are given (intrinsics alone are ignored), so ours
         refuses intrinsics without poses rather than invent them."""
         self._timer_add = timer_add
+        self.poses_from_rays = False
+        """True once a window's poses were fitted to its ray map (they stay ray-fitted after a known
+        calibration drops the rays); the alignment then takes its rotation from the cameras."""
 
     def __call__(self, frames: list) -> Prediction:
         batch = FrameBatch(
@@ -100,7 +103,8 @@ class PredictStage:
         if not finite.any():
             raise RejectedWindow(f"window of frames {frames[0].index}-{frames[-1].index}: no finite depth")
         bad = None if finite.all() else ~finite
-        poses_from_rays(pred, frames, self.pose_source)
+        if poses_from_rays(pred, frames, self.pose_source):
+            self.poses_from_rays = True
         if self.known_intrinsics is not None:
             use_known_intrinsics(pred, self.known_intrinsics, frames[0].image.shape[:2], self.predictor)
         if bad is not None:
