@@ -88,8 +88,7 @@ def cross_segment_loops(cfg: Config, predictor: Predictor, part_of_chunk: np.nda
     by_window: dict = {}
     for pos, e in enumerate(own):
         by_window.setdefault(e.chunk_j, []).append((pos, e))
-    out: list = []
-    demoted: list = []
+    found: dict = {}  # window -> its candidates across segments (cheap: descriptor search only)
     indexed_part = -1
     for c in range(len(part_of_chunk)):
         p = int(part_of_chunk[c])
@@ -100,25 +99,51 @@ def cross_segment_loops(cfg: Config, predictor: Predictor, part_of_chunk: np.nda
                 spans.append((len(index), int(w)))
                 index.add(frames["descriptor"][rows], frames["timestamp"][rows], dists[rows], frames["index"][rows],
                           rows)
-        if p == 0 or len(index) == 0 or (windows is not None and c not in windows):
+        rows = np.arange(first_row[c], int(frame_stop[c])) if c in first_row else np.zeros(0, np.int64)
+        if p == 0 or len(index) == 0 or rows.size == 0:
+            continue
+        # the windows of part p see exactly the parts before p: the index as it stands now
+        found[c] = find_candidates(index, frames["descriptor"][rows], frames["timestamp"][rows], dists[rows],
+                                   frames["index"][rows], lc)
+    allowed = _within_budget(found, own, int(frames["index"].shape[0]), lc)
+    out: list = []
+    demoted: list = []
+    for c in sorted(found):
+        if windows is not None and c not in windows:
             continue
         rows = np.arange(first_row[c], int(frame_stop[c]))
-        if rows.size:
-            edges, demote = _window_loops(index, spans, verifier, context(c, rows), dists, lc, by_window.get(c, []))
-            out += edges
-            demoted += demote
+        edges, demote = _window_loops(index, spans, verifier, context(c, rows), dists, lc, by_window.get(c, []),
+                                      found[c], allowed)
+        out += edges
+        demoted += demote
     return out, demoted
 
 
+def _within_budget(found: dict, own: list, n_frames: int, lc: LoopConfig) -> set:
+    """``(window, position)`` of the cross-segment candidates the engine's verification budget allows.
+
+    The budget (``loop.verify_budget`` x the frames of the whole run, in nominal loop-window frames) is what
+    one process would have; the parts spent some of it already. The rest goes to the best candidates by
+    descriptor similarity over all windows, so the choice does not depend on how windows are split over
+    the workers.
+    """
+    from da3stream.streaming.loops.closer import NO_LOOP_WINDOW
+
+    cost = 2 * (2 * lc.window_half + 1)
+    spent = cost * sum(1 for e in own if e.reason not in NO_LOOP_WINDOW)
+    n_left = max(0, int((lc.verify_budget * n_frames - spent) // cost))
+    ranked = sorted((-cand.similarity, c, k) for c, cands in found.items() for k, cand in enumerate(cands))
+    return {(c, k) for _s, c, k in ranked[:n_left]}
+
+
 def _window_loops(index, spans: list, verifier: LoopVerifier, ctx: WindowContext, dists: np.ndarray,
-                  lc: LoopConfig, own: list) -> tuple[list, list]:
+                  lc: LoopConfig, own: list, found: list, allowed: set) -> tuple[list, list]:
     """One window's candidates across segments, verified and gated (the loop closer's per-window steps),
     sharing the verification budget with the window's own part candidates ``own`` ((position, LoopEdge))."""
     from da3stream.streaming.loops.records import unverified
 
     starts = [s for s, _ in spans]
     rows = np.asarray(ctx.rows)
-    found = find_candidates(index, ctx.descriptors, ctx.timestamps, dists[rows], ctx.indices, lc)
     ranked = sorted([(-e.similarity, 0, k) for k, (_pos, e) in enumerate(own) if e.reason != "adjacent_chunk"]
                     + [(-cand.similarity, 1, k) for k, cand in enumerate(found)])
     edges, verified, demoted, n_verified = [], [], [], 0
@@ -139,6 +164,9 @@ def _window_loops(index, spans: list, verifier: LoopVerifier, ctx: WindowContext
                     frame_j=int(rows[cand.query]), similarity=cand.similarity)
         if n_verified >= lc.max_verifications:
             edges.append(unverified(base, "not_verified"))
+            continue
+        if (int(ctx.chunk_id), k) not in allowed:
+            edges.append(unverified(base, "over_budget"))
             continue
         n_verified += 1
         old_rows = np.asarray(index.rows[around(cand.entry, first, stop, lc.window_half)], np.int64)
