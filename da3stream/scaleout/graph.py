@@ -127,9 +127,9 @@ def _within_budget(found: dict, own: list, n_frames: int, lc: LoopConfig) -> set
     descriptor similarity over all windows, so the choice does not depend on how windows are split over
     the workers.
     """
-    from da3stream.streaming.loops.closer import NO_LOOP_WINDOW
+    from da3stream.streaming.loops.closer import NO_LOOP_WINDOW, loop_window_cost
 
-    cost = 2 * (2 * lc.window_half + 1)
+    cost = loop_window_cost(lc)
     spent = cost * sum(1 for e in own if e.reason not in NO_LOOP_WINDOW)
     n_left = max(0, int((lc.verify_budget * n_frames - spent) // cost))
     ranked = sorted((-cand.similarity, c, k) for c, cands in found.items() for k, cand in enumerate(cands))

@@ -54,11 +54,17 @@ from da3stream.streaming.window import is_fallback
 
 log = logging.getLogger(__name__)
 
-__all__ = ["LoopEdge", "FrameData", "WindowContext", "LoopUpdate", "LoopCloser", "NO_LOOP_WINDOW", "canonical_sim3"]
+__all__ = ["LoopEdge", "FrameData", "WindowContext", "LoopUpdate", "LoopCloser", "NO_LOOP_WINDOW", "canonical_sim3",
+           "loop_window_cost"]
 
 NO_LOOP_WINDOW = frozenset({"adjacent_chunk", "direction_mismatch", "not_verified", "over_budget", "fetch_failed",
                             "no_stored_images"})
 """Candidate reasons given before a loop window ran (they cost no network time and no verification budget)."""
+
+
+def loop_window_cost(cfg: LoopConfig) -> int:
+    """Nominal network frames of one loop window (what the verification budget counts)."""
+    return 2 * (2 * cfg.window_half + 1)
 
 
 class LoopCloser:
@@ -240,8 +246,7 @@ class LoopCloser:
         return ctx.world_from_chunk[int(self._entry_chunk[entry])].R @ self._dirs[entry]
 
     def _loop_window_cost(self) -> int:
-        """Nominal network frames of one loop window (what the verification budget counts)."""
-        return 2 * (2 * self.cfg.window_half + 1)
+        return loop_window_cost(self.cfg)
 
     def _chunk_of_entry(self, entry: int) -> int:
         return self._span_chunks[bisect.bisect_right(self._span_starts, entry) - 1]
