@@ -271,13 +271,11 @@ def _source_total(source: str, cfg) -> Optional[int]:
     max_frames), or None when unknown. Opening the source here also fails a bad one before a model loads."""
     import math
 
-    from da3stream.io.sources import open_source, source_options
+    from da3stream.io.sources import declared_frame_count, open_source, source_options
 
     with open_source(source, **source_options(cfg.source)) as src:
         desc = src.describe()
-    n, rate = desc.get("n_frames"), desc.get("fps")
-    if not n and desc.get("duration") and rate:
-        n = int(round(float(desc["duration"]) * float(rate)))
+    n, rate = declared_frame_count(desc), desc.get("fps")
     if not n:
         return cfg.source.max_frames
     n_source = int(n)

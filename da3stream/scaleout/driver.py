@@ -20,7 +20,7 @@ from typing import Any, Callable, Optional
 
 from da3stream.config import load_config, to_dict
 from da3stream.errors import ConfigError, StoreError
-from da3stream.io.sources import open_source, source_options
+from da3stream.io.sources import declared_frame_count, open_source, source_options
 from da3stream.streaming.summary import RunSummary
 from da3stream.scaleout.segment import store_action
 from da3stream.scaleout.split import Segment, plan_segments
@@ -47,9 +47,7 @@ def source_frame_count(source: Any, cfg) -> int:
                           "can open; a frame iterator cannot be split")
     with open_source(source, **source_options(cfg.source)) as src:
         desc = src.describe()
-    n, rate = desc.get("n_frames"), desc.get("fps")
-    if not n and desc.get("duration") and rate:
-        n = int(round(float(desc["duration"]) * float(rate)))
+    n = declared_frame_count(desc)
     if not n:
         raise ConfigError(f"{source}: frame count unknown, so it cannot be split across workers")
     if cfg.source.max_frames is not None:

@@ -45,20 +45,7 @@ def store_action(out: Path) -> str:
 class _PartStoreStage(StoreStage):
     """The store stage of a part: its store keeps one frame per zarr chunk of the pixel arrays."""
 
-    def create(self, *, config: dict, model: dict, source: dict, pred, grid, overwrite: bool,
-               planned_process_res: Optional[int]) -> None:
-        from da3stream.io.store import RunStore
-
-        self.grid = grid
-        desc_dim = None if pred.descriptors is None else int(pred.descriptors.shape[1])
-        c = self.cfg
-        self.store = RunStore.create(
-            self.out, config=config, model=model, source=source, image_hw=grid.image_hw,
-            depth_hw=tuple(pred.depth.shape[1:]), descriptor_dim=desc_dim, save_rgb=c.save_rgb,
-            save_conf=c.save_conf, compression_level=c.compression_level, pixel_cname=c.pixel_codec,
-            overwrite=overwrite, frames_per_chunk=PART_FRAMES_PER_CHUNK,
-            attrs={"orig_from_grid": grid.orig_from_grid.tolist(), "planned_process_res": planned_process_res},
-        )
+    frames_per_chunk = PART_FRAMES_PER_CHUNK  # pixels move into the merged store frame by frame
 
 
 class SegmentReconstructor(StreamingReconstructor):

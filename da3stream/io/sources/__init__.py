@@ -4,7 +4,7 @@
 public entry; :mod:`~da3stream.io.sources.frames` states the reading policies.
 """
 
-from da3stream.io.sources.dispatch import open_source, source_options
+from da3stream.io.sources.dispatch import declared_frame_count, open_source, source_options
 from da3stream.io.sources.frames import Frame, FrameSource
 
-__all__ = ["Frame", "FrameSource", "open_source", "source_options"]
+__all__ = ["Frame", "FrameSource", "declared_frame_count", "open_source", "source_options"]

@@ -21,7 +21,7 @@ from da3stream.io.sources.kinds import CAMERA_INFO, BagSource, ImageFolderSource
 
 log = logging.getLogger(__name__)
 
-__all__ = ["open_source", "source_options"]
+__all__ = ["declared_frame_count", "open_source", "source_options"]
 
 
 def open_source(
@@ -152,3 +152,11 @@ def _check_options(fps, stride, max_frames, prefetch, max_side, start_index, sou
     if not (isinstance(aspect_tolerance, (int, float)) and 0 <= aspect_tolerance < 1):
         bad("aspect_tolerance", aspect_tolerance, "a number in [0, 1)")
 
+
+
+def declared_frame_count(desc: dict) -> Optional[int]:
+    """Frames a source declares in :meth:`describe` (``n_frames``, else duration x fps), or None when unknown."""
+    n, rate = desc.get("n_frames"), desc.get("fps")
+    if not n and desc.get("duration") and rate:
+        n = int(round(float(desc["duration"]) * float(rate)))
+    return int(n) if n else None

@@ -37,6 +37,9 @@ class StoreStage:
         grid: the depth grid, when a resume read it; None takes it from the first window.
     """
 
+    frames_per_chunk = 8
+    """Frames per zarr chunk of the pixel arrays of a store this stage creates."""
+
     def __init__(self, out: Path, cfg: StoreConfig, writer: AsyncWriter, *, store=None,
                  grid: Optional[ImageGrid] = None) -> None:
         self.out = out
@@ -59,8 +62,8 @@ class StoreStage:
             self.out, config=config, model=model, source=source, image_hw=grid.image_hw,
             depth_hw=tuple(pred.depth.shape[1:]), descriptor_dim=desc_dim, save_rgb=c.save_rgb,
             save_conf=c.save_conf, compression_level=c.compression_level, pixel_cname=c.pixel_codec,
-            overwrite=overwrite, attrs={"orig_from_grid": grid.orig_from_grid.tolist(),
-                                        "planned_process_res": planned_process_res},
+            overwrite=overwrite, frames_per_chunk=self.frames_per_chunk,
+            attrs={"orig_from_grid": grid.orig_from_grid.tolist(), "planned_process_res": planned_process_res},
         )
 
     def commit(self, window: Window, state: RunState, carry: Carry, source_rows: list, chunk_size: int) -> None:
